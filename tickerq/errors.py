@@ -1,0 +1,60 @@
+"""The exception hierarchy: everything tickerq raises derives from TickerQError.
+
+Each subclass also derives from the built-in exception that fits, so callers may
+catch either ``tickerq.ConfigurationError`` or a plain ``ValueError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "ConnectionFailedError",
+    "InvalidKeyError",
+    "KeyTypeError",
+    "LockError",
+    "LockLostError",
+    "LockTimeoutError",
+    "RedisUnavailableError",
+    "SerializationError",
+    "TickerQError",
+]
+
+
+class TickerQError(Exception):
+    """The root of every exception tickerq raises."""
+
+
+class ConfigurationError(TickerQError, ValueError):
+    """An option or connection string has a value that cannot be used."""
+
+
+class InvalidKeyError(TickerQError, ValueError):
+    """A key or name given by the caller cannot be used (empty, or reserved)."""
+
+
+class RedisUnavailableError(TickerQError, ConnectionError):
+    """Redis could not be reached, or did not answer in time."""
+
+
+class ConnectionFailedError(RedisUnavailableError):
+    """The initial connection failed and ``abort_on_connect_fail`` is set."""
+
+
+class KeyTypeError(TickerQError, TypeError):
+    """A key holds a Redis type or a value tickerq did not write there."""
+
+
+class SerializationError(TickerQError, TypeError):
+    """A value cannot be converted to or from the JSON tickerq stores in Redis."""
+
+
+class LockError(TickerQError):
+    """Base class for distributed lock failures."""
+
+
+class LockLostError(LockError):
+    """The lease is no longer held: it expired or another owner took it."""
+
+
+class LockTimeoutError(LockError, TimeoutError):
+    """The lock could not be acquired in time (or at once, when not blocking)."""

@@ -1,0 +1,227 @@
+"""Options that ``add_tickerq(lambda options: ...)`` callbacks fill in.
+
+Each option is validated (and converted) when it is assigned, so a bad value
+fails on the line that set it, with a message naming the field, the value and
+what was expected. ``add_tickerq`` freezes a copy: later changes to the user's
+object do not reach a running container, and the frozen copy refuses changes.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import attrs
+import redis
+
+from tickerq.durations import to_timedelta
+from tickerq.errors import ConfigurationError
+from tickerq.redis.config import mask_configuration, parse_configuration
+
+__all__ = ["RedisOptions", "SchedulerOptions", "TickerQOptions"]
+
+T = TypeVar("T")
+
+
+def _refuse_when_frozen(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Any:
+    if getattr(instance, "_frozen", False):
+        raise ConfigurationError(
+            f"{type(instance).__name__}.{attribute.name} cannot be changed after add_tickerq() "
+            "has built the container: configure it inside the add_tickerq callback"
+        )
+    return value
+
+
+_ON_SETATTR = [_refuse_when_frozen, attrs.setters.convert, attrs.setters.validate]
+
+
+def _duration(value: object, field: attrs.Attribute[Any]) -> timedelta:
+    return to_timedelta(value, field=field.name)
+
+
+def _grace(value: object, field: attrs.Attribute[Any]) -> timedelta:
+    return to_timedelta(value, field=field.name, allow_zero=True)
+
+
+def _duration_field(default: timedelta, *, allow_zero: bool = False) -> Any:
+    return attrs.field(default=default, converter=attrs.Converter(_grace if allow_zero else _duration, takes_field=True))
+
+
+def _int_at_least(minimum: int) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ConfigurationError(f"{field.name}={value!r} is not allowed: expected an integer >= {minimum}")
+
+    return check
+
+
+def _bool(_instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{field.name}={value!r} is not allowed: expected True or False")
+
+
+def _identifier(_instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value or any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ConfigurationError(
+            f"{field.name}={value!r} is not allowed: expected a non-empty string without spaces "
+            "or control characters"
+        )
+
+
+def _configuration(_instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"{field.name} of type {type(value).__name__} is not allowed: expected a connection string"
+        )
+    parse_configuration(value)  # raises ConfigurationError naming the bad part, password masked
+
+
+def _client(_instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, redis.Redis):
+        raise ConfigurationError(
+            f"{field.name}={type(value).__name__} instance is not allowed: expected a redis.Redis client or None"
+        )
+
+
+def _masked(value: str | None) -> str:
+    return repr(None) if value is None else repr(mask_configuration(value))
+
+
+class _Options:
+    """Shared behaviour: keyword updates with clear errors, and freezing."""
+
+    _frozen: bool
+
+    def update(self, **fields: Any) -> None:
+        """Assign several fields at once, each validated.
+
+        Raises:
+            ConfigurationError: A field does not exist or its value is invalid.
+        """
+        names = {field.name for field in attrs.fields(type(self)) if not field.name.startswith("_")}
+        for name, value in fields.items():
+            if name not in names:
+                raise ConfigurationError(
+                    f"{type(self).__name__} has no option {name!r}: expected one of {', '.join(sorted(names))}"
+                )
+            setattr(self, name, value)
+
+    def frozen_copy(self: T) -> T:
+        """A copy that refuses further changes (what the container keeps)."""
+        copy = attrs.evolve(self)  # type: ignore[misc]
+        object.__setattr__(copy, "_frozen", True)
+        return copy
+
+
+@attrs.define(kw_only=True, on_setattr=_ON_SETATTR)
+class RedisOptions(_Options):
+    """How tickerq reaches Redis and how often a node proves it is alive.
+
+    Attributes:
+        configuration: Connection string: ``"localhost:6379"``,
+            ``"host:6379,password=x,ssl=true"``, ``"s1:26379,s2:26379,serviceName=m"``
+            (Sentinel), ``redis://``, ``rediss://`` or ``unix://`` URLs. Options
+            given in the string (``connectTimeout`` ...) win over the fields below.
+        client: An existing ``redis.Redis`` to use instead; tickerq never closes it.
+        instance_name: Prefix of every key (``"{tickerq}:"`` keeps all keys in one
+            Redis Cluster slot).
+        node_heartbeat_interval: How often a node writes its heartbeat.
+        node_heartbeat_grace: Added to the interval to give the heartbeat's TTL.
+        connect_retry: Retries of a failed connection or command (redis-py backoff).
+        connect_timeout: Timeout of one connection attempt.
+        sync_timeout: Timeout of one command's reply.
+        abort_on_connect_fail: Raise from ``init_resources()`` when Redis cannot be
+            reached; with False the node starts and connects when Redis comes up.
+        max_connections: Size of the blocking connection pool.
+        pool_timeout: How long a thread waits for a free pooled connection.
+        outage_retry_interval: How often background loops retry during an outage.
+    """
+
+    configuration: str | None = attrs.field(default=None, validator=_configuration, repr=_masked)
+    client: redis.Redis | None = attrs.field(default=None, validator=_client, repr=lambda c: type(c).__name__)
+    instance_name: str = attrs.field(default="tickerq:", validator=_identifier)
+    node_heartbeat_interval: timedelta = _duration_field(timedelta(minutes=1))
+    node_heartbeat_grace: timedelta = _duration_field(timedelta(seconds=20), allow_zero=True)
+    connect_retry: int = attrs.field(default=3, validator=_int_at_least(0))
+    connect_timeout: timedelta = _duration_field(timedelta(seconds=5))
+    sync_timeout: timedelta = _duration_field(timedelta(seconds=5))
+    abort_on_connect_fail: bool = attrs.field(default=True, validator=_bool)
+    max_connections: int = attrs.field(default=50, validator=_int_at_least(1))
+    pool_timeout: timedelta = _duration_field(timedelta(seconds=5))
+    outage_retry_interval: timedelta = _duration_field(timedelta(seconds=5))
+    _frozen: bool = attrs.field(default=False, init=False, repr=False, eq=False)
+
+    @property
+    def heartbeat_ttl(self) -> timedelta:
+        """The heartbeat key's TTL: interval + grace."""
+        return self.node_heartbeat_interval + self.node_heartbeat_grace
+
+
+@attrs.define(kw_only=True, on_setattr=_ON_SETATTR)
+class SchedulerOptions(_Options):
+    """Scheduler-wide options.
+
+    Attributes:
+        node_identifier: This node's unique name (default: the host name). Give
+            every process its own, e.g. ``f"{socket.gethostname()}-{os.getpid()}"``
+            when one host runs several workers.
+    """
+
+    node_identifier: str = attrs.field(factory=socket.gethostname, validator=_identifier)
+    _frozen: bool = attrs.field(default=False, init=False, repr=False, eq=False)
+
+
+@attrs.define(kw_only=True)
+class TickerQOptions:
+    """The root object handed to the ``add_tickerq`` callback."""
+
+    scheduler: SchedulerOptions = attrs.field(factory=SchedulerOptions)
+    redis: RedisOptions | None = None
+
+    def configure_scheduler(
+        self, callback: Callable[[SchedulerOptions], object] | None = None, /, **fields: Any
+    ) -> SchedulerOptions:
+        """Set scheduler options by keyword, by callback, or both (keywords first).
+
+        Returns:
+            The scheduler options, for chaining.
+        """
+        self.scheduler.update(**fields)
+        if callback is not None:
+            callback(self.scheduler)
+        return self.scheduler
+
+    def add_redis(self, callback: Callable[[RedisOptions], object] | None = None, /, **fields: Any) -> RedisOptions:
+        """Enable the Redis integration; set its options by keyword, callback, or both.
+
+        Calling it again updates the same options.
+
+        Returns:
+            The Redis options, for chaining.
+        """
+        if self.redis is None:
+            self.redis = RedisOptions()
+        self.redis.update(**fields)
+        if callback is not None:
+            callback(self.redis)
+        return self.redis
+
+    def frozen_copy(self) -> TickerQOptions:
+        """Validate the whole and return a frozen copy for the container.
+
+        Raises:
+            ConfigurationError: Redis was added without a configuration or client.
+        """
+        if self.redis is not None and self.redis.configuration is None and self.redis.client is None:
+            raise ConfigurationError(
+                "add_redis() was called without a connection: set configuration "
+                '(e.g. "localhost:6379") or client (a redis.Redis)'
+            )
+        return TickerQOptions(
+            scheduler=self.scheduler.frozen_copy(),
+            redis=self.redis.frozen_copy() if self.redis is not None else None,
+        )

@@ -1,0 +1,1 @@
+"""Redis coordination primitives: connection, keys, scripts, context and threads."""

@@ -1,0 +1,161 @@
+"""``RedisContext``: the one object applications use for multi-node coordination.
+
+The container builds one per process (a Singleton). It does no I/O when built
+and starts no thread by itself: the heartbeat is the container's Resource; the
+lock watchdog and elections start when first needed and stop when the
+container's connections close.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from tickerq.durations import Duration
+from tickerq.events import EventHub
+from tickerq.options import RedisOptions
+from tickerq.redis.cache import DistributedCache
+from tickerq.redis.connection import RedisConnections
+from tickerq.redis.election import LeaderElection
+from tickerq.redis.keys import Keys
+from tickerq.redis.lock import Lease, Lock, LockManager
+from tickerq.redis.registry import NodeHealthStatus, NodeRegistry
+
+__all__ = ["RedisContext"]
+
+T = TypeVar("T")
+
+
+class RedisContext:
+    """Node registry, dead-node detection, cache, locks and elections on Redis.
+
+    Args:
+        connections: The clients (owned by the container, or built by the caller).
+        options: Frozen Redis options.
+        node_id: This node's identifier.
+        events: The in-process event hub.
+    """
+
+    def __init__(self, connections: RedisConnections, options: RedisOptions, node_id: str, events: EventHub) -> None:
+        self.connections = connections
+        self.options = options
+        self.node_id = node_id
+        self.events = events
+        self.keys = Keys(options.instance_name)
+        self.registry = NodeRegistry(connections.client, self.keys, node_id, options.heartbeat_ttl)
+        self._cache = DistributedCache(connections.fail_fast, self.keys, operation_timeout=options.sync_timeout)
+        self._locks = LockManager(connections.client, connections.watchdog, self.keys, node_id)
+        self._elections: list[LeaderElection] = []
+        self._elections_lock = threading.Lock()
+        connections.add_close_hook(self.close)
+
+    @property
+    def client(self) -> Any:
+        """The application's redis-py client (owned by the container)."""
+        return self.connections.client
+
+    # -- nodes -----------------------------------------------------------------
+
+    def notify_node_alive(self) -> None:
+        """Write this node's heartbeat and registry entry, with TTLs, in one round trip.
+
+        Raises:
+            RedisUnavailableError: Redis did not answer.
+            KeyTypeError: The registry key holds another Redis type.
+        """
+        self.registry.beat()
+
+    def get_registered_nodes(self) -> list[str]:
+        """The node ids in the registry, in registration order."""
+        return list(self.registry.health().registered)
+
+    def get_dead_nodes(self) -> list[str]:
+        """Registered nodes whose heartbeat key is gone (one round trip; changes nothing)."""
+        return list(self.registry.health().dead)
+
+    def get_node_health(self) -> NodeHealthStatus:
+        """Total, dead and healthy node counts, with the ids behind them."""
+        return self.registry.health()
+
+    def remove_nodes(self, node_ids: Iterable[str]) -> list[str]:
+        """Atomically drop nodes from the registry, but only those still without a heartbeat.
+
+        Returns:
+            The ids actually removed.
+        """
+        return self.registry.remove(node_ids)
+
+    # -- cache -----------------------------------------------------------------
+
+    def get_or_set_array(
+        self,
+        cache_key: str,
+        factory: Callable[[], list[T] | None],
+        expiration: Duration | None = None,
+        *,
+        item_type: type[T] | None = None,
+    ) -> list[T] | None:
+        """Return the cached list at ``{instance}{cache_key}``, or compute and store it.
+
+        ``factory`` runs once per miss across threads, processes and nodes; its
+        result is stored for ``expiration`` (``None`` is returned, not stored).
+        When Redis is down or slow the call fails open: it returns
+        ``factory()``'s result within about one ``sync_timeout``.
+
+        Raises:
+            InvalidKeyError: ``cache_key`` is empty or uses a reserved prefix.
+        """
+        return self._cache.get_or_set_array(cache_key, factory, expiration, item_type=item_type)
+
+    def invalidate(self, cache_key: str) -> bool:
+        """Remove a cache entry. Returns whether one existed."""
+        return self._cache.invalidate(cache_key)
+
+    # -- locks and elections ---------------------------------------------------
+
+    def lock(
+        self,
+        name: str,
+        ttl: Duration = timedelta(seconds=30),
+        *,
+        blocking: bool = True,
+        wait_timeout: Duration | None = None,
+        auto_renew: bool = True,
+        on_lost: Callable[[Lease], None] | None = None,
+        reentrant: bool = False,
+    ) -> Lock:
+        """A distributed lock on ``{instance}lock:{name}``; see :class:`tickerq.redis.lock.Lock`."""
+        return self._locks.lock(
+            name,
+            ttl,
+            blocking=blocking,
+            wait_timeout=wait_timeout,
+            auto_renew=auto_renew,
+            on_lost=on_lost,
+            reentrant=reentrant,
+        )
+
+    def leader_election(self, name: str, **kwargs: Any) -> LeaderElection:
+        """A leader election among the nodes; see :class:`tickerq.redis.election.LeaderElection`.
+
+        The election is stopped when the container shuts down.
+        """
+        election = LeaderElection(
+            self.connections.client, self.keys, self.node_id, name, events=self.events, **kwargs
+        )
+        with self._elections_lock:
+            self._elections.append(election)
+        return election
+
+    def close(self) -> None:
+        """Stop the lock watchdog and every election started from this context."""
+        with self._elections_lock:
+            elections, self._elections = self._elections, []
+        for election in elections:
+            election.stop()
+        self._locks.close()
+
+    def __repr__(self) -> str:
+        return f"RedisContext(node={self.node_id!r}, instance={self.options.instance_name!r}, {self.connections!r})"

@@ -1,0 +1,105 @@
+"""The one place that knows tickerq's Redis key names.
+
+Every key lives under the instance name, so two applications can share one Redis
+and an ACL rule such as ``~tickerq:*`` fences an application in. The spec's keys
+(``hb:``, ``nodes:registry``, cache entries) are kept exactly; tickerq's own
+bookkeeping lives under ``tq:`` so it never collides with a cache key.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from tickerq.errors import InvalidKeyError
+
+__all__ = ["RESERVED_PREFIXES", "Keys"]
+
+#: Cache keys may not start with these: they belong to tickerq's own keys.
+RESERVED_PREFIXES = ("hb:", "nodes:", "lock:", "tq:")
+
+
+@attrs.frozen
+class Keys:
+    """Builds every key name for one instance prefix.
+
+    Args:
+        instance: The instance name, e.g. ``"tickerq:"`` or ``"{tickerq}:"``
+            (the hash tag puts every key in one Redis Cluster slot).
+    """
+
+    instance: str
+
+    @property
+    def heartbeat_prefix(self) -> str:
+        """The prefix of heartbeat keys; Lua scripts append node ids to it."""
+        return f"{self.instance}hb:"
+
+    def heartbeat(self, node: str) -> str:
+        """``{instance}hb:{node}``: a node's heartbeat payload, with a TTL."""
+        return f"{self.instance}hb:{node}"
+
+    @property
+    def registry(self) -> str:
+        """``{instance}nodes:registry``: JSON array of node ids, 30-day TTL."""
+        return f"{self.instance}nodes:registry"
+
+    @property
+    def node_index(self) -> str:
+        """A set mirroring the registry, for O(1) membership checks per beat."""
+        return f"{self.instance}tq:nodes"
+
+    @property
+    def scan_lease(self) -> str:
+        """Held by the one node that scans for dead nodes this interval."""
+        return f"{self.instance}tq:scan-lease"
+
+    def cache(self, key: str) -> str:
+        """``{instance}{key}``: a cache entry.
+
+        Raises:
+            InvalidKeyError: The key is empty or starts with a reserved prefix.
+        """
+        check_user_key("cache_key", key)
+        if key.startswith(RESERVED_PREFIXES):
+            raise InvalidKeyError(
+                f"cache_key={key!r} starts with a prefix reserved for tickerq's "
+                f"own keys ({', '.join(RESERVED_PREFIXES)}); choose another key"
+            )
+        return f"{self.instance}{key}"
+
+    def cache_recompute_lock(self, key: str) -> str:
+        """The short lock one computer holds while it fills a cache entry."""
+        return f"{self.instance}tq:cache-lock:{key}"
+
+    def lock(self, name: str) -> str:
+        """``{instance}lock:{name}``: a distributed lock's owner token."""
+        check_user_key("name", name)
+        return f"{self.instance}lock:{name}"
+
+    def lock_fence(self, name: str) -> str:
+        """``{instance}lock:{name}:fence``: the lock's fencing counter."""
+        return f"{self.lock(name)}:fence"
+
+    def lock_queue(self, name: str) -> str:
+        """The lock's list of waiters, woken in turn on release."""
+        check_user_key("name", name)
+        return f"{self.instance}tq:lock-queue:{name}"
+
+    def election(self, name: str) -> str:
+        """A leader election's lease key (holds the leader's node id)."""
+        check_user_key("name", name)
+        return f"{self.instance}tq:election:{name}"
+
+    def election_term(self, name: str) -> str:
+        """A leader election's term counter."""
+        return f"{self.election(name)}:term"
+
+
+def check_user_key(field: str, value: object) -> None:
+    """Reject names that cannot be part of a key: non-strings and empty strings.
+
+    Raises:
+        InvalidKeyError: Naming the field and the value.
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidKeyError(f"{field}={value!r} is not usable: expected a non-empty string")

@@ -1,0 +1,57 @@
+"""Lua scripts shipped as package data, one job each, called by SHA.
+
+A read-modify-write of shared state always happens inside one script, never as
+GET-then-SET from Python. Scripts take every key known before the call in
+``KEYS``; keys derived from stored data are built from a prefix passed in ``ARGV``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+__all__ = ["LuaScript"]
+
+_Arg = str | bytes | int | float
+
+#: A line ``-- include: other`` is replaced by ``other.lua`` (shared helpers).
+_INCLUDE = re.compile(r"^-- include: (\w+)$", re.MULTILINE)
+
+
+def _read(name: str) -> str:
+    return resources.files("tickerq.redis").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+class LuaScript:
+    """One Lua script from ``tickerq/redis/lua/``, run with EVALSHA.
+
+    A line ``-- include: helpers`` in the file is replaced by ``helpers.lua``,
+    so scripts can share Lua functions without a second round trip.
+
+    The script body is sent only when the server does not know the SHA yet (a
+    fresh or restarted server), so a call normally costs one round trip.
+
+    Args:
+        name: The file name without ``.lua``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = _INCLUDE.sub(lambda match: _read(match.group(1)), _read(name))
+        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
+
+    def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[_Arg] = ()) -> Any:
+        """Run the script on ``client`` and return its raw reply."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *args)
+
+    def __repr__(self) -> str:
+        return f"LuaScript({self.name!r})"

