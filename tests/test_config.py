@@ -471,3 +471,18 @@ def test_password_never_shown(password: str) -> None:
     assume(password not in reference)  # e.g. "expected" is a word of the messages
     for text in _renderings(password):
         assert password not in text
+
+
+_fragments = st.sampled_from(
+    [*"ah1:[]@/?#&=,; %.-+", "redis://", "rediss://", "unix://", "password=", "db=", "::1", "serviceName="]
+)
+
+
+@given(text=st.text() | st.lists(_fragments).map("".join))
+def test_any_text_parses_or_raises_configuration_error(text: str) -> None:
+    """Arbitrary input either parses or raises ConfigurationError, never another exception."""
+    try:
+        parsed = parse_configuration(text)
+    except ConfigurationError:
+        return
+    assert parsed.endpoints

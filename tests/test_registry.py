@@ -118,7 +118,7 @@ def test_concurrent_registration_loses_no_node(redis_server: RedisServer, redis_
     assert {f"n{i}" for i in range(20)} == set(orjson.loads(redis_client.get("tickerq:nodes:registry")))
 
 
-@pytest.mark.parametrize("garbage", [b"not json", b"{}", b'{"a": 1}', b"[1, 2", b'["a", 3]', b"[garbage]"])
+@pytest.mark.parametrize("garbage", [b"not json", b"{}", b'{"a": 1}', b"[1, 2", b'["a", 3]', b"[garbage]", b'["a","a","b"]'])
 def test_corrupted_registry_is_read_from_index_and_repaired(
     redis_server: RedisServer, redis_client: redis.Redis, garbage: bytes
 ) -> None:

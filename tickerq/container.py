@@ -2,13 +2,17 @@
 
 ``add_tickerq(configure)`` mirrors .NET's ``services.AddTickerQ(options => ...)``:
 the callback fills a ``TickerQOptions``, which is validated and frozen, and the
-returned container wires the Redis connections (a Resource), the
-``RedisContext`` (a Singleton) and the heartbeat thread (a Resource).
+returned container wires the Redis connections, the ``RedisContext`` and the
+heartbeat thread.
 
-Shutdown order matters: dependency-injector shuts a Resource down before the
-Resources it *directly* depends on, so the heartbeat takes the connections as
-an argument of its own (not only through the context): the thread stops
-before the pools close.
+All three are Resources, which dependency-injector shuts down in dependency
+order: heartbeat first, then the context (lock watchdog, elections), then the
+pools. It only orders Resources that *directly* depend on each other, so the
+heartbeat takes the connections as an argument of its own. The context is a
+Resource rather than a Singleton for the same reason, and so that a container
+started again after ``shutdown_resources()`` gets a fresh context on fresh
+connections. None of them closes anything when merely garbage-collected: a
+context stays usable for as long as anything holds it.
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ def _heartbeat(
 class TickerQContainer(containers.DeclarativeContainer):
     """Providers for one tickerq node.
 
-    ``init_resources()`` connects (raising ``ConnectionFailedError`` if Redis is
+    ``redis_context()`` returns the same ``RedisContext`` on every call until
+    ``shutdown_resources()``; resolving it without ``init_resources()`` starts
+    no thread and registers no node. ``init_resources()`` connects (raising ``ConnectionFailedError`` if Redis is
     unreachable and ``abort_on_connect_fail`` is set), writes the first
     heartbeat and starts the heartbeat thread. ``shutdown_resources()`` stops
     every thread, then closes the pools tickerq created.
@@ -51,7 +57,7 @@ class TickerQContainer(containers.DeclarativeContainer):
     options = providers.Dependency(instance_of=TickerQOptions)
     events = providers.Singleton(EventHub)
     redis_connections = providers.Resource(open_connections, options=options.provided.redis)
-    redis_context = providers.Singleton(
+    redis_context = providers.Resource(
         RedisContext,
         connections=redis_connections,
         options=options.provided.redis,

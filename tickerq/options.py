@@ -34,7 +34,11 @@ def _refuse_when_frozen(instance: Any, attribute: attrs.Attribute[Any], value: A
     return value
 
 
-_ON_SETATTR = [_refuse_when_frozen, attrs.setters.convert, attrs.setters.validate]
+_ON_SETATTR: list[Callable[[Any, attrs.Attribute[Any], Any], Any]] = [
+    _refuse_when_frozen,
+    attrs.setters.convert,
+    attrs.setters.validate,
+]
 
 
 def _duration(value: object, field: attrs.Attribute[Any]) -> timedelta:
@@ -102,7 +106,7 @@ class _Options:
         Raises:
             ConfigurationError: A field does not exist or its value is invalid.
         """
-        names = {field.name for field in attrs.fields(type(self)) if not field.name.startswith("_")}
+        names = {field.name for field in attrs.fields(type(self)) if not field.name.startswith("_")}  # type: ignore[arg-type]
         for name, value in fields.items():
             if name not in names:
                 raise ConfigurationError(

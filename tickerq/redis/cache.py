@@ -11,6 +11,12 @@ Redis trouble (down, slow, paused, out of memory, refusing the command) never
 reaches the caller: the call returns ``factory()``'s result, the outage is
 logged once (a warning when it starts, an info line when Redis answers again)
 and a circuit breaker keeps further calls off Redis for ``breaker_open_for``.
+
+Deliberate choices: a key holding another Redis type raises ``KeyTypeError``
+and is never overwritten (it is someone's data); threads waiting on a factory
+that raised get its exception (no retry storm against a failing database);
+``invalidate`` raises ``RedisUnavailableError`` when it cannot reach Redis,
+because a silently lost invalidation serves stale data later.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import TypeVar
 import redis
 
 from tickerq.durations import Duration, to_milliseconds, to_timedelta
-from tickerq.errors import KeyTypeError, RedisUnavailableError, SerializationError
+from tickerq.errors import KeyTypeError, RedisUnavailableError, SerializationError, TickerQError
 from tickerq.redis.breaker import CircuitBreaker
 from tickerq.redis.keys import Keys
 from tickerq.redis.scripts import LuaScript
@@ -47,13 +53,19 @@ _STORE = LuaScript("cache_store")
 _RELEASE = LuaScript("cache_release")
 _INVALIDATE = LuaScript("cache_invalidate")
 
-_HIT, _LOCKED = 1, 2
-_STORED, _INVALIDATED, _LOCK_TAKEN, _WRONG_TYPE = 1, 0, -1, -2
+_HIT, _LOCKED = 1, 2  # cache_acquire.lua's replies
+_INVALIDATED, _LOCK_TAKEN, _WRONG_TYPE = 0, -1, -2  # cache_store.lua's replies other than 1 (stored)
 _FIRST_POLL_S, _MAX_POLL_S = 0.005, 0.05
+_ZERO, _ONE_MS = timedelta(0), timedelta(milliseconds=1)
+_RECOVERED = "Redis answers again; the cache is back in use"
 
-#: What a fill hands to the threads that waited for it: the JSON payload, or
-#: ``None`` when the factory returned ``None``.
-_Flight = Future[bytes | None]
+
+class _Flight(Future[bytes | None]):
+    """One fill in this process; waiting threads get its JSON payload (``None`` if not cached)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leader = threading.get_ident()
 
 
 class DistributedCache:
@@ -134,10 +146,16 @@ class DistributedCache:
             KeyTypeError: The key holds another Redis type (it is left untouched).
             SerializationError: The factory returned something other than a
                 list of JSON-encodable items.
+            TickerQError: The factory asked for its own entry (which would deadlock).
             Exception: Whatever ``factory`` raised.
         """
         key = self._keys.cache(cache_key)
-        ttl_ms = 0 if expiration is None else to_milliseconds(to_timedelta(expiration, field="expiration"))
+        if expiration is None:
+            ttl_ms = 0
+        elif expiration.__class__ is timedelta and expiration > _ZERO:
+            ttl_ms = -(-expiration // _ONE_MS)  # to_milliseconds, inlined: this is the hit path
+        else:
+            ttl_ms = to_milliseconds(to_timedelta(expiration, field="expiration"))
         bad: bytes | None = None
         online = self._breaker.allow()
         if online:
@@ -148,7 +166,7 @@ class DistributedCache:
                 online = False
             else:
                 if self._breaker.record_success():  # inline: this is the hit path
-                    self._log_recovery()
+                    log.info(_RECOVERED)
                 if raw is not None:
                     try:
                         return loads_array(raw, item_type)
@@ -200,6 +218,8 @@ class DistributedCache:
             if flight is None:
                 flight = self._flights[key] = _Flight()
         if not leader:
+            if flight.leader == threading.get_ident():
+                raise TickerQError(f"the factory for cache entry {key!r} asked for that same entry")
             payload = flight.result()  # re-raises the leader's exception, as Future does
             if payload is None:
                 return None
@@ -242,6 +262,8 @@ class DistributedCache:
         deadline = time.monotonic() + self._wait_bound_s
         delay = _FIRST_POLL_S
         while True:
+            if self._breaker.state == "open":  # another thread found Redis down: do not wait on it
+                return _compute(factory)
             try:
                 reply = _ACQUIRE(self._client, (key, lock_key), (token, self._lock_ttl_ms, bad_sha))
             except redis.RedisError as exc:
@@ -261,9 +283,9 @@ class DistributedCache:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 log.warning(
-                    "cache entry %r: its computer did not finish within %s; computing it here",
+                    "cache entry %r: its computer did not finish within %g s; computing it here",
                     key,
-                    self.wait_bound,
+                    self._wait_bound_s,
                 )
                 return self._compute_and_store(key, lock_key, token, factory, ttl_ms, force=True)
             time.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
@@ -312,11 +334,7 @@ class DistributedCache:
 
     def _redis_ok(self) -> None:
         if self._breaker.record_success():
-            self._log_recovery()
-
-    @staticmethod
-    def _log_recovery() -> None:
-        log.info("Redis answers again; the cache is back in use")
+            log.info(_RECOVERED)
 
     def _redis_error(self, exc: redis.RedisError, key: str) -> None:
         """Raise for a wrong-type key (a data problem); count anything else as an outage."""
@@ -328,12 +346,12 @@ class DistributedCache:
             ) from exc
         if self._breaker.record_failure():
             log.warning(
-                "Redis is unavailable to the cache (%s: %s; operation timeout %s); calling factories "
-                "directly and probing Redis every %s",
+                "Redis is unavailable to the cache (%s: %s; operation timeout %g s); calling factories "
+                "directly and probing Redis every %g s",
                 type(exc).__name__,
                 exc,
-                self.operation_timeout,
-                self._breaker.open_for,
+                self.operation_timeout.total_seconds(),
+                self._breaker.open_for.total_seconds(),
             )
         else:
             log.debug("Redis still unavailable to the cache: %s", exc)

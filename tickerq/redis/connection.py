@@ -11,6 +11,7 @@ not starve. A client passed in by the user is used and never closed.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -48,8 +49,13 @@ def _connection_kwargs(settings: ConnectionSettings, options: RedisOptions) -> d
         "client_name": settings.client_name,
         "socket_connect_timeout": connect_timeout.total_seconds(),
         "socket_timeout": sync_timeout.total_seconds(),
-        "socket_keepalive": settings.keepalive is not None,
     }
+    if settings.keepalive is not None and settings.endpoints[0].unix_path is None:
+        kwargs["socket_keepalive"] = True
+        if hasattr(socket, "TCP_KEEPIDLE"):  # keepAlive=N: probe an idle connection after N s
+            kwargs["socket_keepalive_options"] = {
+                socket.TCP_KEEPIDLE: max(1, int(settings.keepalive.total_seconds()))
+            }
     if settings.ssl:
         kwargs["connection_class"] = redis.SSLConnection
     return kwargs
@@ -82,10 +88,10 @@ def _pool_from(template: redis.ConnectionPool, size: int, wait: float) -> redis.
     """A new pool that connects like ``template``, with its own size and no retries."""
     kwargs = {**template.connection_kwargs, "retry": _retry(0), "retry_on_error": []}
     if isinstance(template, SentinelConnectionPool):
-        return SentinelConnectionPool(
+        return SentinelConnectionPool(  # type: ignore[no-untyped-call]
             template.service_name, template.sentinel_manager, max_connections=size, **kwargs
         )
-    return redis.BlockingConnectionPool(
+    return redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
         connection_class=template.connection_class, max_connections=size, timeout=wait, **kwargs
     )
 
@@ -141,7 +147,9 @@ class RedisConnections:
                     f"cannot connect to Redis at {self.description}: {reason} "
                     "(set abort_on_connect_fail=False to start anyway and connect when Redis is up)"
                 ) from exc
-            log.warning("Redis at %s is not reachable yet (%s); retrying in the background", self.description, reason)
+            log.warning(
+                "Redis at %s is not reachable yet (%s); retrying in the background", self.description, reason
+            )
             return False
         return True
 
@@ -178,7 +186,9 @@ def open_connections(options: RedisOptions | None) -> RedisConnections:
         ConfigurationError: Redis was not added to the options.
     """
     if options is None:
-        raise ConfigurationError("Redis is not configured: call options.add_redis(...) in the add_tickerq callback")
+        raise ConfigurationError(
+            "Redis is not configured: call options.add_redis(...) in the add_tickerq callback"
+        )
     if options.client is not None:
         user_pool = options.client.connection_pool
         wait = options.pool_timeout.total_seconds()
@@ -199,14 +209,14 @@ def open_connections(options: RedisOptions | None) -> RedisConnections:
     abort = options.abort_on_connect_fail if settings.abort_connect is None else settings.abort_connect
     pool: redis.ConnectionPool
     if settings.service_name is not None:
-        sentinel = Sentinel(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
             [(e.host, e.port) for e in settings.endpoints],
             sentinel_kwargs={
                 "socket_timeout": kwargs["socket_timeout"],
                 "socket_connect_timeout": kwargs["socket_connect_timeout"],
             },
         )
-        pool = SentinelConnectionPool(
+        pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
             settings.service_name,
             sentinel,
             max_connections=options.max_connections,
@@ -215,7 +225,7 @@ def open_connections(options: RedisOptions | None) -> RedisConnections:
         )
     else:
         endpoint = _find_master(settings, kwargs)
-        pool = redis.BlockingConnectionPool(
+        pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
             max_connections=options.max_connections,
             timeout=options.pool_timeout.total_seconds(),
             retry=_retry(retries),

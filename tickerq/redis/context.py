@@ -1,9 +1,11 @@
 """``RedisContext``: the one object applications use for multi-node coordination.
 
-The container builds one per process (a Singleton). It does no I/O when built
-and starts no thread by itself: the heartbeat is the container's Resource; the
-lock watchdog and elections start when first needed and stop when the
-container's connections close.
+The container builds one per process: a Resource, so every call returns the
+same object until ``shutdown_resources()`` closes it (a later
+``init_resources()`` builds a fresh one on fresh connections). It does no I/O
+when built and starts no thread by itself: the heartbeat is a Resource of its
+own; the lock watchdog and elections start when first needed and stop when the
+context closes (or, at the latest, when its connections close).
 """
 
 from __future__ import annotations
@@ -38,14 +40,18 @@ class RedisContext:
         events: The in-process event hub.
     """
 
-    def __init__(self, connections: RedisConnections, options: RedisOptions, node_id: str, events: EventHub) -> None:
+    def __init__(
+        self, connections: RedisConnections, options: RedisOptions, node_id: str, events: EventHub
+    ) -> None:
         self.connections = connections
         self.options = options
         self.node_id = node_id
         self.events = events
         self.keys = Keys(options.instance_name)
         self.registry = NodeRegistry(connections.client, self.keys, node_id, options.heartbeat_ttl)
-        self._cache = DistributedCache(connections.fail_fast, self.keys, operation_timeout=options.sync_timeout)
+        self._cache = DistributedCache(
+            connections.fail_fast, self.keys, operation_timeout=options.sync_timeout
+        )
         self._locks = LockManager(connections.client, connections.watchdog, self.keys, node_id)
         self._elections: list[LeaderElection] = []
         self._elections_lock = threading.Lock()
@@ -156,6 +162,12 @@ class RedisContext:
         for election in elections:
             election.stop()
         self._locks.close()
+
+    def __enter__(self) -> RedisContext:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"RedisContext(node={self.node_id!r}, instance={self.options.instance_name!r}, {self.connections!r})"

@@ -118,7 +118,9 @@ class HeartbeatService:
         self._outage.succeeded()
         self.last_beat = beat
         node = self.registry.node_id
-        self._events.publish(NodeHeartbeat(node=node, timestamp_ms=beat.timestamp_ms, registered=beat.registered))
+        self._events.publish(
+            NodeHeartbeat(node=node, timestamp_ms=beat.timestamp_ms, registered=beat.registered)
+        )
         if beat.dead:
             self._handle_dead(beat.dead)
         return True
@@ -131,7 +133,11 @@ class HeartbeatService:
                 removed = self.registry.remove(handled)
             except (RedisUnavailableError, KeyTypeError) as exc:
                 self._outage.failed(exc)
-        log.info("dead nodes found: %s; removed from the registry: %s", ", ".join(dead), ", ".join(removed) or "none")
+        log.info(
+            "dead nodes found: %s; removed from the registry: %s",
+            ", ".join(dead),
+            ", ".join(removed) or "none",
+        )
         self._events.publish(NodesDead(detected_by=self.registry.node_id, nodes=dead, removed=tuple(removed)))
 
     def _run_handlers(self, node: str) -> bool:

@@ -85,8 +85,23 @@ class Keys:
         check_user_key("name", name)
         return f"{self.instance}tq:lock-queue:{name}"
 
+    def lock_turn(self, name: str) -> str:
+        """Holds the id of the waiter whose turn it is to take a free lock (short TTL)."""
+        check_user_key("name", name)
+        return f"{self.instance}tq:lock-turn:{name}"
+
+    def lock_waiters(self, name: str) -> str:
+        """Sorted set of queued waiters, scored by the server time their place expires."""
+        check_user_key("name", name)
+        return f"{self.instance}tq:lock-waiters:{name}"
+
+    def lock_wake_prefix(self, name: str) -> str:
+        """Prefix of the per-waiter lists a waiter blocks on; Lua appends the waiter id."""
+        check_user_key("name", name)
+        return f"{self.instance}tq:lock-wake:{name}:"
+
     def election(self, name: str) -> str:
-        """A leader election's lease key (holds the leader's node id)."""
+        """A leader election's lease: a hash of the leader's ``node``, ``token`` and ``term``, with a TTL."""
         check_user_key("name", name)
         return f"{self.instance}tq:election:{name}"
 

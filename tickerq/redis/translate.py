@@ -29,7 +29,9 @@ def translate_errors(operation: str) -> Iterator[None]:
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise RedisUnavailableError(f"{operation}: Redis is unavailable ({type(exc).__name__}: {exc})") from exc
+        raise RedisUnavailableError(
+            f"{operation}: Redis is unavailable ({type(exc).__name__}: {exc})"
+        ) from exc
     except redis.ResponseError as exc:
         text = str(exc)
         if text.startswith("WRONGTYPE "):

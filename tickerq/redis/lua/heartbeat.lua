@@ -17,13 +17,18 @@ local registry_type = types[1]
 local added = redis.call('SADD', KEYS[3], node)
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
 
--- Fast path, O(1): already a member and the registry still looks like an array.
--- Garbage that passes this check is caught by the scan below, once per interval.
-local intact = added == 0 and registry_type == 'string'
+-- O(1) unless the registry is missing or damaged: a known member only
+-- refreshes the TTL; a new member is appended in place while the index (which
+-- mirrors the registry) is intact. Garbage that still looks like an array is
+-- caught by the scan below, once per interval.
+local shaped = registry_type == 'string'
   and redis.call('GETRANGE', KEYS[2], 0, 0) == '['
   and redis.call('GETRANGE', KEYS[2], -1, -1) == ']'
 local repaired = 0
-if intact then
+if shaped and added == 0 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+elseif shaped and redis.call('STRLEN', KEYS[2]) > 2 and redis.call('SCARD', KEYS[3]) > 1 then
+  redis.call('SETRANGE', KEYS[2], redis.call('STRLEN', KEYS[2]) - 1, ',' .. cjson.encode(node) .. ']')
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
 else
   local ids, status = read_registry(KEYS[2])

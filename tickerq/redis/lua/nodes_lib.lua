@@ -16,7 +16,8 @@ local function check_types(pairs_)
 end
 
 -- Read the registry. Returns ids, status: 'ok', 'missing' or 'corrupt'.
--- Only string items count; an array with other items is reported as corrupt.
+-- Only string items count; an array with other items or duplicates is
+-- reported as corrupt (the scan then rewrites it).
 -- The caller has checked the key's type.
 local function read_registry(key)
   if redis.call('EXISTS', key) == 0 then
@@ -29,11 +30,9 @@ local function read_registry(key)
   end
   local ids, seen, status = {}, {}, 'ok'
   for _, id in ipairs(decoded) do
-    if type(id) == 'string' then
-      if not seen[id] then
-        seen[id] = true
-        ids[#ids + 1] = id
-      end
+    if type(id) == 'string' and not seen[id] then
+      seen[id] = true
+      ids[#ids + 1] = id
     else
       status = 'corrupt'
     end

@@ -1,0 +1,188 @@
+"""Cost of one node's heartbeat tick and of ``get_dead_nodes()`` as the registry grows.
+
+For 10, 100, 1,000 and 10,000 registered nodes, with no dead node and with 1%
+dead, this times on one node:
+
+- ``tick, lease elsewhere``: ``HeartbeatService.tick()`` while another node holds
+  the interval's scan lease, which is what every node but one does each interval;
+- ``tick, scan``: the tick that takes the lease, so it also gets the dead list and
+  (when there are dead nodes) runs the handlers and removes them;
+- ``get_dead_nodes()``: the read-only query (``NodeRegistry.health()``);
+- ``join``: a new node's first beat, which appends the node to the registry array
+  in place (O(1) while the index set is intact; the array is rebuilt only when it
+  is missing or damaged or the index was lost).
+
+Round trips are counted by the client (requests written, see ``_common``) and the
+server's ``evalsha`` count is shown beside them; times are wall-clock per call
+(median, p95) and Redis-side script µs per call from ``INFO commandstats``.
+
+Run ``python benchmarks/heartbeat_scale.py`` (``--quick`` stops at 100 nodes). Set
+``TICKERQ_REDIS_SERVER`` to choose the redis-server binary. Exits non-zero when a
+tick takes more than 2 round trips or the round trips change with N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import timedelta
+
+import attrs
+import redis
+from _common import (
+    Cluster,
+    RoundTripCounter,
+    Timing,
+    counting_client,
+    describe_machine,
+    fail,
+    load_scripts,
+    time_calls,
+)
+
+from tickerq.events import EventHub
+from tickerq.redis.heartbeat import HeartbeatService
+from tickerq.redis.keys import Keys
+from tickerq.redis.registry import NodeRegistry
+from tickerq.testing import RedisServer
+
+INTERVAL = timedelta(seconds=60)
+#: Long enough that no pre-registered node expires during a run.
+HEARTBEAT_TTL = timedelta(hours=1)
+KEYS = Keys("tickerq:")
+
+
+@attrs.frozen(kw_only=True)
+class Row:
+    n: int
+    dead: int
+    operation: str
+    timing: Timing
+
+
+def _service(client: redis.Redis, node: str) -> HeartbeatService:
+    service = HeartbeatService(NodeRegistry(client, KEYS, node, HEARTBEAT_TTL), INTERVAL, EventHub())
+    service.add_dead_node_handler(lambda _node: None)  # succeeds, so the scan removes the dead nodes
+    return service
+
+
+def measure(
+    n: int,
+    dead_fraction: float,
+    admin: redis.Redis,
+    client: redis.Redis,
+    counter: RoundTripCounter,
+    quick: bool,
+) -> list[Row]:
+    admin.flushall()
+    cluster = Cluster.build(n, dead_fraction, int(HEARTBEAT_TTL.total_seconds() * 1000), KEYS)
+    cluster.register(admin)
+    max_calls, budget_s = (200, 0.3) if quick else (1000, 1.5)
+    service = _service(client, cluster.live[0])
+    expected_dead = len(cluster.dead)
+
+    def timed(operation: str, call: Callable[[], object], setup: Callable[[], object] | None = None) -> Row:
+        timing = time_calls(
+            call, admin=admin, counter=counter, setup=setup, max_calls=max_calls, budget_s=budget_s
+        )
+        return Row(n=n, dead=expected_dead, operation=operation, timing=timing)
+
+    rows: list[Row] = []
+
+    def plain_tick() -> None:
+        service.tick()
+        if service.last_beat is None or service.last_beat.dead is not None:
+            fail(f"N={n}: a tick scanned although another node held the lease")
+
+    admin.set(KEYS.scan_lease, "another-node", px=600_000)
+    rows.append(timed("tick, lease elsewhere", plain_tick))
+
+    def free_lease() -> None:
+        admin.delete(KEYS.scan_lease)
+        if expected_dead:
+            cluster.restore(admin)  # the previous scan removed the dead nodes
+
+    def scan_tick() -> None:
+        service.tick()
+        beat = service.last_beat
+        if beat is None or beat.dead is None or len(beat.dead) != expected_dead:
+            fail(f"N={n}: the scanning tick reported {beat!r}, expected {expected_dead} dead")
+
+    rows.append(timed("tick, scan", scan_tick, free_lease))
+    cluster.restore(admin)
+
+    def dead_nodes() -> None:
+        if len(service.registry.health().dead) != expected_dead:
+            fail(f"N={n}: get_dead_nodes() did not report {expected_dead} dead")
+
+    rows.append(timed("get_dead_nodes()", dead_nodes))
+
+    serial = itertools.count()
+    joined: list[str] = []
+    joiner: list[HeartbeatService] = []
+
+    def next_joiner() -> None:
+        if joined:
+            cluster.restore(admin, drop=joined)  # keep N constant
+            joined.clear()
+        node = f"joiner-{next(serial):06d}.bench"
+        joiner[:] = [_service(client, node)]
+        joined.append(node)
+
+    def join() -> None:
+        joiner[0].tick()
+        beat = joiner[0].last_beat
+        if beat is None or not beat.registered:
+            fail(f"N={n}: a new node's first beat did not register it")
+
+    admin.set(KEYS.scan_lease, "another-node", px=600_000)
+    next_joiner()
+    rows.append(timed("join (first beat)", join, next_joiner))
+    return rows
+
+
+def check(rows: list[Row]) -> None:
+    """The contract: a tick is at most 2 round trips, and no call's round trips depend on N."""
+    by_operation: dict[tuple[str, bool], set[tuple[int, ...]]] = defaultdict(set)
+    for row in rows:
+        by_operation[row.operation, row.dead > 0].add(row.timing.round_trips)
+        if row.operation.startswith("tick") and row.timing.round_trips[-1] > 2:
+            fail(f"N={row.n}: {row.operation} took {row.timing.round_trips_text} round trips (target ≤ 2)")
+    for (operation, with_dead), seen in by_operation.items():
+        if len(seen) > 1:
+            fail(f"{operation} (dead nodes: {with_dead}): round trips vary with N: {sorted(seen)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: N up to 100, short timings")
+    parser.add_argument("--sizes", type=int, nargs="+", help="default: 10 100 1000 10000")
+    parser.add_argument("--dead-fraction", type=float, default=0.01, help="dead share, second run")
+    args = parser.parse_args()
+    sizes = args.sizes or ([10, 100] if args.quick else [10, 100, 1_000, 10_000])
+
+    rows: list[Row] = []
+    with RedisServer() as server, server.client() as admin, counting_client(server) as (client, counter):
+        print(describe_machine(admin))
+        load_scripts(admin)
+        for n in sizes:
+            for fraction in (0.0, args.dead_fraction):
+                rows += measure(n, fraction, admin, client, counter, args.quick)
+
+    print()
+    print("| N | dead | call | round trips | evalsha/call | median µs | p95 µs | Redis µs/call |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        t = row.timing
+        print(
+            f"| {row.n:,} | {row.dead} | {row.operation} | {t.round_trips_text} | {t.scripts_per_call:.2f} "
+            f"| {t.median_us:,.0f} | {t.p95_us:,.0f} | {t.redis_us:,.1f} |"
+        )
+    check(rows)
+    print("\nOK: every tick is ≤ 2 round trips and no call's round trips depend on N")
+
+
+if __name__ == "__main__":
+    main()

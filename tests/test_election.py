@@ -1,0 +1,579 @@
+"""Leader election on a real Redis: node processes, SIGKILL, resign, Redis outages, fork."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tests.conftest import wait_until
+from tickerq.errors import ConfigurationError, InvalidKeyError, KeyTypeError, RedisUnavailableError
+from tickerq.events import EventHub, LeaderChanged, LeadershipAcquired, LeadershipLost
+from tickerq.redis.election import LeaderElection
+from tickerq.redis.keys import Keys
+from tickerq.testing import RedisServer
+
+LEASE, DEADLINE, RETRY = 1.5, 1.0, 0.25
+#: Two shared cores: a process may wait this long for the CPU on top of any bound below.
+SLACK = 0.75
+KEYS = Keys("tickerq:")
+LEASE_KEY = KEYS.election("sched")
+TERM_KEY = KEYS.election_term("sched")
+NODE_SCRIPT = Path(__file__).with_name("election_node.py")
+
+Make = Callable[..., LeaderElection]
+
+
+@pytest.fixture
+def make() -> Iterator[Make]:
+    """Builds elections (short timings unless given) and stops them after the test."""
+    made: list[tuple[LeaderElection, redis.Redis]] = []
+
+    def factory(server: RedisServer, node: str, name: str = "sched", **kwargs: Any) -> LeaderElection:
+        client = server.client(socket_timeout=1, socket_connect_timeout=1)
+        timings = {"lease": LEASE, "renew_deadline": DEADLINE, "retry_period": RETRY}
+        election = LeaderElection(client, KEYS, node, name, **{**timings, **kwargs})
+        made.append((election, client))
+        return election
+
+    yield factory
+    for election, client in made:
+        election.stop()
+        client.close()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> float:
+    """Wait until ``predicate()`` is truthy; return the seconds it took."""
+    started = time.monotonic()
+    wait_until(predicate, timeout=timeout, interval=0.005)
+    return time.monotonic() - started
+
+
+# -- configuration ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("timings", "message"),
+    [
+        ({"lease": 10, "renew_deadline": 10}, "lease=10 s must be longer than renew_deadline=10 s"),
+        (
+            {"lease": 20, "renew_deadline": 2.4, "retry_period": 2},
+            "renew_deadline=2.4 s must be longer than 1.2 x",
+        ),
+        ({"retry_period": 0}, "retry_period=0 is not allowed"),
+        ({"lease": "15s"}, "lease='15s' (str) is not a duration"),
+    ],
+)
+def test_invalid_timings_are_rejected_naming_fields_and_values(timings: dict[str, Any], message: str) -> None:
+    """Timings that break lease > renew_deadline > 1.2 x retry_period raise ConfigurationError."""
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        LeaderElection(redis.Redis(), KEYS, "a", "sched", **timings)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 30_000), st.integers(1, 30_000), st.integers(1, 30_000))
+def test_timings_are_valid_exactly_when_ordered(lease_ms: int, deadline_ms: int, retry_ms: int) -> None:
+    """Construction succeeds exactly when lease > renew_deadline > 1.2 x retry_period (no I/O)."""
+    lease, deadline, retry = (timedelta(milliseconds=v) for v in (lease_ms, deadline_ms, retry_ms))
+    valid = lease > deadline > retry * 1.2
+    try:
+        LeaderElection(
+            redis.Redis(), KEYS, "a", "sched", lease=lease, renew_deadline=deadline, retry_period=retry
+        )
+    except ConfigurationError:
+        assert not valid
+    else:
+        assert valid
+
+
+def test_defaults_are_the_kubernetes_ones() -> None:
+    """Without timings the lease is 15 s, the renew deadline 10 s and the retry period 2 s."""
+    election = LeaderElection(redis.Redis(), KEYS, "a", "sched")
+    assert (15, 10, 2) == (
+        election.lease.seconds,
+        election.renew_deadline.seconds,
+        election.retry_period.seconds,
+    )
+
+
+@pytest.mark.parametrize(("node", "name"), [("", "sched"), ("a", "")])
+def test_empty_node_or_name_is_rejected(node: str, name: str) -> None:
+    """An empty node id or election name raises InvalidKeyError."""
+    with pytest.raises(InvalidKeyError):
+        LeaderElection(redis.Redis(), KEYS, node, name)
+
+
+# -- one process -----------------------------------------------------------------
+
+
+def test_observer_never_campaigns(redis_server: RedisServer, redis_client: redis.Redis, make: Make) -> None:
+    """An election that is never started reads the leader but writes nothing, even on resign/stop."""
+    observer = make(redis_server, "observer")
+    assert observer.leader() is None
+    observer.resign()
+    observer.stop()
+    assert [] == redis_client.keys("*")
+    candidate = make(redis_server, "a")
+    candidate.start()
+    wait_for(lambda: candidate.is_leader)
+    assert "a" == observer.leader()
+    assert not observer.is_leader
+    assert observer.term is None
+    observer.resign()
+    observer.stop()
+    assert "a" == redis_client.hget(LEASE_KEY, "node")
+
+
+@pytest.mark.slow
+def test_leader_gets_its_term_from_redis_and_keeps_it(
+    redis_server: RedisServer, redis_client: redis.Redis, make: Make
+) -> None:
+    """The first leader gets term 1 from the counter and keeps it over two leases by renewing."""
+    lost: list[int] = []
+    election = make(redis_server, "a", on_demoted=lost.append)
+    election.start()
+    wait_for(lambda: election.is_leader)
+    assert 1 == election.term
+    assert {"node": "a", "term": "1"} == {
+        k: v for k, v in redis_client.hgetall(LEASE_KEY).items() if k != "token"
+    }
+    assert "1" == redis_client.get(TERM_KEY)
+    assert 0 < redis_client.pttl(LEASE_KEY) <= LEASE * 1000
+    deadline = time.monotonic() + 2 * LEASE
+    while time.monotonic() < deadline:
+        assert 1 == election.term
+        time.sleep(0.05)
+    assert [] == lost
+
+
+def test_callbacks_run_in_order_on_the_callback_thread(redis_server: RedisServer, make: Make) -> None:
+    """Callbacks run in order, on 'tickerq-election-sched-callbacks', never on the renewing thread."""
+    calls: list[tuple[str, object]] = []
+    threads: set[str] = set()
+
+    def record(kind: str) -> Callable[..., None]:
+        def callback(*args: object) -> None:
+            threads.add(threading.current_thread().name)
+            calls.append((kind, args[0]))
+
+        return callback
+
+    election = make(
+        redis_server,
+        "a",
+        on_elected=record("elected"),
+        on_demoted=record("demoted"),
+        on_new_leader=record("new"),
+    )
+    election.start()
+    wait_for(lambda: election.is_leader)
+    election.resign()
+    wait_for(lambda: len(calls) >= 4)
+    election.stop()
+    assert [("new", "a"), ("elected", 1), ("demoted", 1), ("new", None)] == calls
+    assert {"tickerq-election-sched-callbacks"} == threads
+    assert [] == [t.name for t in threading.enumerate() if t.name.startswith("tickerq-election-sched")]
+
+
+def test_threads_are_named_daemons(redis_server: RedisServer, make: Make) -> None:
+    """The election runs the daemon threads 'tickerq-election-NAME' and 'tickerq-election-NAME-callbacks'."""
+    election = make(redis_server, "a", name="reports")
+    election.start()
+    names = {t.name: t.daemon for t in threading.enumerate() if t.name.startswith("tickerq-election-reports")}
+    assert {"tickerq-election-reports": True, "tickerq-election-reports-callbacks": True} == names
+
+
+def test_on_elected_may_work_until_stop_event(redis_server: RedisServer, make: Make) -> None:
+    """on_elected may block until its stop_event; resign() sets it and on_demoted follows."""
+    order: list[str] = []
+
+    def work(term: int, stop_event: threading.Event) -> None:
+        order.append(f"working {term}")
+        stop_event.wait(10)
+        order.append("stopped working")
+
+    election = make(
+        redis_server, "a", on_elected=work, on_demoted=lambda term: order.append(f"demoted {term}")
+    )
+    election.start()
+    wait_for(lambda: order)
+    election.resign()
+    wait_for(lambda: len(order) == 3, timeout=2)
+    assert ["working 1", "stopped working", "demoted 1"] == order
+
+
+@pytest.mark.slow
+def test_raising_callback_is_logged_and_election_goes_on(
+    redis_server: RedisServer, make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Callbacks that raise are logged; the node keeps leading and later callbacks still run."""
+    demoted: list[int] = []
+
+    def boom(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    election = make(redis_server, "a", on_elected=boom, on_new_leader=boom, on_demoted=demoted.append)
+    with caplog.at_level(logging.ERROR, logger="tickerq.redis.election"):
+        election.start()
+        wait_for(lambda: election.is_leader)
+        time.sleep(2 * LEASE)
+        assert 1 == election.term
+        election.stop()
+    assert [1] == demoted
+    # on_new_leader("a"), on_elected(1), on_new_leader(None) once stop() released the lease
+    assert 3 == sum("callback" in r.getMessage() and r.exc_info is not None for r in caplog.records)
+
+
+def test_leadership_changes_are_published(redis_server: RedisServer, make: Make) -> None:
+    """Acquiring, resigning and the observed leader are published on the event hub."""
+    hub = EventHub()
+    events: list[object] = []
+    for kind in (LeadershipAcquired, LeadershipLost, LeaderChanged):
+        hub.subscribe(kind, events.append)
+    election = make(redis_server, "a", events=hub)
+    election.start()
+    wait_for(lambda: election.is_leader)
+    election.resign()
+    wait_for(lambda: len(events) >= 4)
+    assert [
+        LeaderChanged(election="sched", leader="a", term=1),
+        LeadershipAcquired(election="sched", node="a", term=1),
+        LeadershipLost(election="sched", node="a", term=1, reason="resigned"),
+        LeaderChanged(election="sched", leader=None, term=1),
+    ] == events
+
+
+def test_stop_is_fast_with_default_timings(
+    redis_server: RedisServer, redis_client: redis.Redis, make: Make
+) -> None:
+    """With 15 s / 10 s / 2 s, stop() returns in under a second, threads ended and lease deleted."""
+    leader = make(redis_server, "a", lease=15, renew_deadline=10, retry_period=2)
+    candidate = make(redis_server, "b", lease=15, renew_deadline=10, retry_period=2)
+    leader.start()
+    wait_for(lambda: leader.is_leader)
+    candidate.start()
+    threads = [t for t in threading.enumerate() if t.name.startswith("tickerq-election-")]
+    assert 4 == len(threads)
+    for election in (candidate, leader):
+        started = time.monotonic()
+        election.stop()
+        assert time.monotonic() - started < 1.0
+        assert not election.running
+        election.stop()
+    assert not any(t.is_alive() for t in threads)
+    assert 0 == redis_client.exists(LEASE_KEY)
+
+
+def test_resign_steps_back_then_takes_over_again(redis_server: RedisServer, make: Make) -> None:
+    """Alone, a resigned node stays out for about one lease, then leads again with a higher term."""
+    election = make(redis_server, "a")
+    election.start()
+    wait_for(lambda: election.is_leader)
+    election.resign()
+    assert not election.is_leader
+    assert election.leader() is None
+    time.sleep(LEASE * 0.8)
+    assert election.leader() is None
+    wait_for(lambda: election.is_leader, timeout=LEASE + RETRY + SLACK)
+    assert 2 == election.term
+
+
+def test_lease_taken_from_outside_demotes_the_leader(
+    redis_server: RedisServer, redis_client: redis.Redis, make: Make
+) -> None:
+    """A lease overwritten by another holder demotes the leader at its next renewal."""
+    seen: list[str | None] = []
+    election = make(redis_server, "a", on_new_leader=seen.append)
+    election.start()
+    wait_for(lambda: election.is_leader)
+    redis_client.hset(LEASE_KEY, mapping={"node": "intruder", "token": "x", "term": "7"})
+    assert wait_for(lambda: not election.is_leader) < RETRY + SLACK
+    wait_for(lambda: len(seen) == 2)
+    assert ["a", "intruder"] == seen
+
+
+def test_corrupt_lease_key_lapses_and_is_replaced(
+    redis_server: RedisServer, redis_client: redis.Redis, make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage in the lease key: leader() raises KeyTypeError; a candidate warns once, leads after a lease."""
+    redis_client.set(LEASE_KEY, "garbage")
+    redis_client.set(TERM_KEY, "not a number")
+    election = make(redis_server, "a")
+    with pytest.raises(KeyTypeError, match="holds a string, not an election lease"):
+        election.leader()
+    with caplog.at_level(logging.WARNING, logger="tickerq.redis.election"):
+        election.start()
+        wait_for(lambda: election.is_leader, timeout=LEASE + RETRY + SLACK)
+    assert 1 == election.term
+    assert 1 == sum("not an election lease" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_leader_demotes_when_redis_stops_and_leads_again_after(
+    fault_server: RedisServer, make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis stopped: the leader demotes before its lease lapses, logging once; back empty: a higher term."""
+    ended = threading.Event()
+    election = make(fault_server, "a", on_elected=lambda _, stop_event: stop_event.wait(10) and ended.set())
+    election.start()
+    wait_for(lambda: election.is_leader)
+    first = election.term
+    with caplog.at_level(logging.WARNING, logger="tickerq.redis.election"):
+        fault_server.stop()
+        # the last renewal was sent less than RETRY before the stop, so its lease lapses after LEASE - RETRY
+        assert wait_for(lambda: not election.is_leader) < LEASE - RETRY
+        ended.wait(LEASE)
+        assert ended.is_set()
+        time.sleep(2 * RETRY)  # a few more failed attempts
+        fault_server.start()
+        wait_for(lambda: election.is_leader, timeout=2 * LEASE + RETRY + SLACK)
+    assert first is not None
+    assert first < (election.term or 0)
+    assert 1 == sum("Redis unavailable" in r.getMessage() for r in caplog.records)
+
+
+def test_leader_read_without_redis_raises_redis_unavailable(fault_server: RedisServer) -> None:
+    """leader() on an unreachable Redis raises RedisUnavailableError naming the election."""
+    with fault_server.client(retry=Retry(NoBackoff(), 0)) as client:
+        observer = LeaderElection(client, KEYS, "observer", "sched")
+        fault_server.stop()
+        with pytest.raises(RedisUnavailableError, match="could not read the leader of election 'sched'"):
+            observer.leader()
+
+
+@pytest.mark.slow
+def test_redis_hanging_demotes_the_leader_and_stop_stays_fast(fault_server: RedisServer, make: Make) -> None:
+    """Redis paused (SIGSTOP): the leader demotes by its deadline, and stop() still returns within 1 s."""
+    election = make(fault_server, "a")
+    election.start()
+    wait_for(lambda: election.is_leader)
+    fault_server.pause()
+    try:
+        assert wait_for(lambda: not election.is_leader) < LEASE - RETRY
+        time.sleep(RETRY)
+        started = time.monotonic()
+        election.stop()
+        assert time.monotonic() - started < 1.0
+    finally:
+        fault_server.resume()
+
+
+@pytest.mark.slow
+def test_leader_survives_a_quick_redis_restart(fault_server: RedisServer, make: Make) -> None:
+    """Redis restarted empty within the deadline: the leader re-creates its lease and keeps its term."""
+    election = make(fault_server, "a", lease=4, renew_deadline=3, retry_period=0.25)
+    election.start()
+    wait_for(lambda: election.is_leader)
+    fault_server.restart()
+    with fault_server.client(decode_responses=True) as client:
+        wait_for(lambda: client.exists(LEASE_KEY))
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert 1 == election.term
+            time.sleep(0.05)
+        assert {"node": "a", "term": "1"} == {
+            k: v for k, v in client.hgetall(LEASE_KEY).items() if k != "token"
+        }
+        assert "1" == client.get(TERM_KEY)
+
+
+def test_forked_child_does_not_lead(redis_server: RedisServer, redis_client: redis.Redis, make: Make) -> None:
+    """A child forked from the leader neither leads nor runs threads; its stop() keeps the parent's lease."""
+    election = make(redis_server, "a")
+    election.start()
+    wait_for(lambda: election.is_leader)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        report = f"{election.is_leader} {election.term} {election.running}"
+        election.resign()
+        election.stop()
+        os.write(write, report.encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        assert "False None False" == pipe.read()
+    assert election.is_leader
+    assert "a" == redis_client.hget(LEASE_KEY, "node")
+
+
+# -- node processes --------------------------------------------------------------
+
+
+class Node:
+    """A node process running ``tests/election_node.py``."""
+
+    def __init__(self, server: RedisServer, node_id: str) -> None:
+        self.node_id = node_id
+        args = [str(server.port), node_id, "sched", str(LEASE), str(DEADLINE), str(RETRY)]
+        self.process = subprocess.Popen(
+            [sys.executable, str(NODE_SCRIPT), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait_ready(self) -> None:
+        assert self.process.stdout is not None
+        assert "ready" == self.process.stdout.readline().strip()
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.send("stop")
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def cluster(redis_server: RedisServer) -> Iterator[Callable[[int], dict[str, Node]]]:
+    """Starts node processes n1..nN; stops (or kills) them after the test."""
+    nodes: list[Node] = []
+
+    def start(count: int) -> dict[str, Node]:
+        batch = [Node(redis_server, f"n{len(nodes) + i + 1}") for i in range(count)]
+        nodes.extend(batch)
+        for node in batch:
+            node.wait_ready()
+        return {node.node_id: node for node in batch}
+
+    yield start
+    for node in nodes:
+        node.close()
+
+
+def holder(client: redis.Redis) -> str | None:
+    """The node holding the lease in Redis ('' while kept vacant counts as none)."""
+    value = client.hget(LEASE_KEY, "node")
+    return value or None
+
+
+def wait_for_new_leader(client: redis.Redis, old: str) -> float:
+    """Wait until a node other than ``old`` holds the lease; return the seconds it took."""
+    return wait_for(lambda: holder(client) not in (None, old), timeout=LEASE + RETRY + 5)
+
+
+def wait_for_belief(client: redis.Redis, term: int) -> str:
+    """Wait until a node was sampled twice believing it leads ``term`` (or later); return that node."""
+
+    def believer() -> str | None:
+        latest = [sample.split() for sample in client.lrange("test:samples", -2, -1)]
+        if len(latest) == 2 and all(int(sample[1]) >= term for sample in latest):
+            return str(latest[-1][0])
+        return None
+
+    return str(wait_until(believer))
+
+
+def check_beliefs(samples: list[str]) -> list[int]:
+    """Assert that no two leaderships were believed at once; return their terms in time order.
+
+    Each sample shows a node believing it leads ``term`` at an instant between
+    the Redis increments ``s1 < s2``. A node believes in one term for one
+    unbroken span, so it surely believed from its first sample's ``s2`` to its
+    last sample's ``s1``: such spans of different leaderships must not overlap.
+    """
+    spans: dict[tuple[int, str], list[int]] = {}
+    for sample in samples:
+        node, *numbers = sample.split()
+        term, s1, s2 = map(int, numbers)
+        lo, hi = spans.setdefault((term, node), [s2, s1])
+        spans[(term, node)] = [min(lo, s2), max(hi, s1)]
+    nodes_per_term: dict[int, set[str]] = defaultdict(set)
+    for term, node in spans:
+        nodes_per_term[term].add(node)
+    assert dict.fromkeys(nodes_per_term, 1) == {term: len(nodes) for term, nodes in nodes_per_term.items()}
+    ordered = sorted((lo, hi, term) for (term, _), (lo, hi) in spans.items() if lo <= hi)
+    for (_, hi, term), (lo, _, next_term) in itertools.pairwise(ordered):
+        assert hi < lo, f"terms {term} and {next_term} were believed at the same time"
+    terms = [term for _, _, term in ordered]
+    assert sorted(set(terms)) == terms
+    return terms
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sigkill_leader_new_leader_within_lease_plus_retry(
+    cluster: Callable[[int], dict[str, Node]], redis_client: redis.Redis
+) -> None:
+    """SIGKILL the leader: another node leads within lease + retry period; terms increase."""
+    nodes = cluster(3)
+    for term in (1, 2):
+        leader = wait_for_belief(redis_client, term)
+        time.sleep(0.4)  # let it renew a few times
+        nodes.pop(leader).kill()
+        assert wait_for_new_leader(redis_client, leader) < LEASE + RETRY + SLACK
+    wait_for_belief(redis_client, 3)
+    assert [1, 2, 3] == check_beliefs(redis_client.lrange("test:samples", 0, -1))
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_resign_new_leader_within_one_retry_period(
+    cluster: Callable[[int], dict[str, Node]], redis_client: redis.Redis
+) -> None:
+    """resign() hands over: another node leads within about one retry period; the resigner stays out."""
+    nodes = cluster(3)
+    for term in (1, 2):
+        leader = wait_for_belief(redis_client, term)
+        nodes[leader].send("resign")
+        assert wait_for_new_leader(redis_client, leader) < RETRY + SLACK
+    wait_for_belief(redis_client, 3)
+    assert [1, 2, 3] == check_beliefs(redis_client.lrange("test:samples", 0, -1))
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_at_most_one_node_believes_it_leads(
+    cluster: Callable[[int], dict[str, Node]], redis_client: redis.Redis
+) -> None:
+    """Five nodes through resignations and SIGKILLs: never two believers at once, terms strictly increase."""
+    nodes = cluster(5)
+    for term, action in enumerate(("resign", "kill", "resign", "kill", "resign"), start=1):
+        leader = wait_for_belief(redis_client, term)
+        time.sleep(0.2)
+        if action == "kill":
+            nodes.pop(leader).kill()
+        else:
+            nodes[leader].send(action)
+        wait_for_new_leader(redis_client, leader)
+    wait_for_belief(redis_client, 6)
+    for node in nodes.values():
+        node.close()  # leadership may move on while they stop, one by one
+    terms = check_beliefs(redis_client.lrange("test:samples", 0, -1))
+    assert [1, 2, 3, 4, 5, 6] == terms[:6]
+    elected = [int(line.split()[2]) for line in redis_client.lrange("test:log", 0, -1) if " elected " in line]
+    assert sorted(set(elected)) == sorted(elected)
+    assert set(terms) <= set(elected)

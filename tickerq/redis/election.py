@@ -1,0 +1,424 @@
+"""Leader election: one node at a time leads, on a Kubernetes-style lease in Redis.
+
+The lease and its scripts are in :mod:`tickerq.redis.election_lease`. The term
+increases at every new leadership so it can be passed on as a fence. When Redis
+loses its data, a candidate that has seen the last term keeps the lease vacant
+for one lease (the old leader demotes meanwhile) and the terms go on from there;
+a node that started after the loss cannot tell, which is a known limit.
+
+Why at most one node believes it leads: a renewal sets the TTL when Redis runs
+it, after the request was sent; the leader believes it leads only until
+``renew_deadline`` after sending its last successful renewal, by its monotonic
+clock. Since ``renew_deadline < lease``, its belief ends before the lease can
+lapse in Redis and another node can take it (the difference absorbs clock-rate
+drift). ``is_leader`` checks that clock itself, so it turns False on time even
+while the election thread waits on Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from types import TracebackType
+from typing import TypeVar
+
+import redis
+
+from tickerq.durations import Duration, to_milliseconds
+from tickerq.errors import KeyTypeError, RedisUnavailableError
+from tickerq.events import EventHub, LeaderChanged, LeadershipAcquired, LeadershipLost
+from tickerq.redis.callbacks import CallbackThread
+from tickerq.redis.election_lease import ElectionLease, LeaseReply, LeaseTimings, Status, dedicated_client
+from tickerq.redis.keys import Keys, check_user_key
+from tickerq.redis.outage import OutageTracker
+
+__all__ = ["LeaderElection"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The election thread's Redis calls give up after min(retry_period, this), so it
+#: demotes on time and ``stop()`` stays fast even while Redis hangs.
+_MAX_CALL_TIMEOUT = 0.5
+
+
+class LeaderElection:
+    """Campaign for, hold and hand over the leadership of ``name`` among the nodes.
+
+    Created by ``RedisContext.leader_election(name, ...)``. Until :meth:`start`
+    it only observes: :meth:`leader` reads Redis and it never campaigns. After
+    it, a daemon thread ``tickerq-election-{name}`` campaigns every
+    ``retry_period`` (a candidate whose current leader's lease is about to lapse
+    tries again just after it lapses) and, while leading, renews every
+    ``retry_period``. Callbacks run in order on a second daemon thread,
+    ``tickerq-election-{name}-callbacks``, never on the renewing thread; one
+    that raises is logged. A long ``on_elected`` (one that works until
+    ``stop_event`` is set) delays the callbacks queued after it.
+
+    The election thread uses a small pool of its own that connects like
+    ``client`` but gives up a call after ``min(retry_period, 0.5 s)`` and never
+    retries (the election retries on its own schedule); ``client`` itself is
+    used for :meth:`leader` and never closed.
+
+    Args:
+        client: A redis-py client; its pool's settings are copied.
+        keys: Key names for this instance.
+        node_id: This node's id, stored as the leader's name.
+        name: The election's name (part of the key).
+        lease: How long a lease lives in Redis without renewal.
+        renew_deadline: The leader demotes itself when it could not renew for
+            this long (from sending the last successful renewal).
+        retry_period: Time between attempts to acquire or renew.
+        on_elected: ``on_elected(term, stop_event)`` when this node becomes
+            leader; ``stop_event`` is set when that leadership ends.
+        on_demoted: ``on_demoted(term)`` when the leadership of ``term`` ends
+            (resigned, stopped, deadline passed or lease taken).
+        on_new_leader: ``on_new_leader(node_id)`` when this node observes a new
+            leadership: another node, itself, or ``None`` when the lease is seen
+            vacant. Reported as seen at each attempt, nothing during outages.
+        events: Where ``LeadershipAcquired``, ``LeadershipLost`` and
+            ``LeaderChanged`` are published, at once, on the election thread
+            (or the one calling ``resign()``/``stop()``): keep subscribers quick.
+
+    Raises:
+        ConfigurationError: A duration is invalid, or not
+            ``lease > renew_deadline > 1.2 x retry_period``.
+        InvalidKeyError: ``name`` or ``node_id`` is empty.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        node_id: str,
+        name: str,
+        *,
+        lease: Duration = timedelta(seconds=15),
+        renew_deadline: Duration = timedelta(seconds=10),
+        retry_period: Duration = timedelta(seconds=2),
+        on_elected: Callable[[int, threading.Event], None] | None = None,
+        on_demoted: Callable[[int], None] | None = None,
+        on_new_leader: Callable[[str | None], None] | None = None,
+        events: EventHub | None = None,
+    ) -> None:
+        check_user_key("node_id", node_id)
+        check_user_key("name", name)
+        self.name = name
+        self.node_id = node_id
+        timings = LeaseTimings(lease=lease, renew_deadline=renew_deadline, retry_period=retry_period)
+        self.lease, self.renew_deadline, self.retry_period = (
+            timings.lease,
+            timings.renew_deadline,
+            timings.retry_period,
+        )
+        self._ops = ElectionLease(keys, name, node_id, to_milliseconds(self.lease))
+        self._deadline_s = self.renew_deadline.total_seconds()
+        self._retry_s = self.retry_period.total_seconds()
+        self._client = client
+        self._on_elected = on_elected
+        self._on_demoted = on_demoted
+        self._on_new_leader = on_new_leader
+        self._events = events
+        self._outage = OutageTracker(f"election {name!r}", log, events)
+        self._pid = os.getpid()
+        self._thread: threading.Thread | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh state for a start (also in a forked child, whose lock may be held)."""
+        self._lock = threading.Lock()  # the leadership state; never held while user code runs
+        self._transition = threading.RLock()  # keeps "elected" before "demoted" in events and callbacks
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._callbacks: CallbackThread | None = None
+        self._redis: redis.Redis | None = None
+        self._token = uuid.uuid4().hex  # one per leadership: an ended one is never resumed
+        self._term: int | None = None
+        self._deadline = 0.0
+        self._ended: threading.Event | None = None
+        self._resign_pending = False
+        self._step_back_until = 0.0
+        self._observed: tuple[str | None, int] | None = None
+        self._max_term = 0
+        self._corrupt_reported = False
+
+    # -- public API --------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True from start() to stop() in the process that started it (False in a forked child)."""
+        thread = self._thread
+        return (
+            self._pid == os.getpid() and thread is not None and thread.is_alive() and not self._stop.is_set()
+        )
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this node leads: checked against the renew deadline on every call."""
+        return self.term is not None
+
+    @property
+    def term(self) -> int | None:
+        """The term of this node's leadership (pass it on as a fence), or None when not leading."""
+        if self._pid != os.getpid():
+            return None  # a forked child: checked first, as the parent's lock may be held forever
+        with self._lock:
+            return self._term if time.monotonic() < self._deadline else None
+
+    def leader(self) -> str | None:
+        """The current leader's node id as Redis has it, or None (one round trip).
+
+        Raises:
+            RedisUnavailableError: Redis did not answer.
+            KeyTypeError: The lease key holds something tickerq did not write.
+        """
+        try:
+            reply = self._ops.read(self._client)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise RedisUnavailableError(
+                f"could not read the leader of election {self.name!r}: {exc}"
+            ) from exc
+        if reply.status == Status.CORRUPT:
+            raise KeyTypeError(
+                f"{self._ops.key!r} holds a {reply.holder}, not an election lease "
+                "(a hash with node, token and term written by tickerq)"
+            )
+        return reply.holder if reply.status == Status.HELD else None
+
+    def start(self) -> None:
+        """Start campaigning (no I/O on the caller's thread). Safe to call again.
+
+        In a child forked after start, this starts afresh: the parent's
+        leadership and threads are not the child's.
+        """
+        if self.running:
+            return
+        previous = self._thread
+        if previous is not None and self._pid == os.getpid() and previous is not threading.current_thread():
+            previous.join()  # after a stop() that timed out: the old thread must not see the new state
+        self._pid = os.getpid()
+        self._reset()
+        self._redis = dedicated_client(self._client, min(self._retry_s, _MAX_CALL_TIMEOUT))
+        self._callbacks = CallbackThread(f"tickerq-election-{self.name}-callbacks")
+        self._thread = threading.Thread(target=self._run, name=f"tickerq-election-{self.name}", daemon=True)
+        self._thread.start()
+
+    def resign(self) -> None:
+        """Stop leading at once and step back for one ``lease`` so another node takes over.
+
+        ``is_leader`` is False when this returns; the election thread deletes
+        the lease (if still ours) within one round trip. Without a lead it
+        still steps back. Does nothing unless started in this process.
+        """
+        if not self.running:
+            return
+        with self._lock:
+            self._resign_pending = True  # before demoting, so that no acquisition in flight promotes us
+        self._demote("resigned")
+        self._wake.set()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Resign, end both threads and close the election's pool. Safe to call twice.
+
+        Returns within milliseconds when Redis answers, and within about one
+        second when it hangs. In a forked child it does nothing.
+
+        Args:
+            timeout: How long to wait for the threads (a callback that ignores
+                ``stop_event`` can keep its thread busy; that is logged).
+        """
+        thread = self._thread
+        if thread is None or self._pid != os.getpid() or self._stop.is_set():
+            return
+        self._stop.set()
+        self._wake.set()
+        self._demote("stopped")
+        ends = time.monotonic() + timeout
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+        if thread.is_alive():
+            log.warning("election %r: thread did not end within %.1f s", self.name, timeout)
+        callbacks, client = self._callbacks, self._redis
+        if callbacks is not None and not callbacks.close(max(0.0, ends - time.monotonic())):
+            log.warning("election %r: a callback was still running when stop() returned", self.name)
+        if client is not None:
+            client.close()
+
+    # -- the election thread -------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                try:
+                    delay = self._step()
+                except Exception:
+                    log.exception("election %r: unexpected error; retrying", self.name)
+                    delay = self._retry_s
+                self._wake.wait(delay)
+        finally:
+            self._demote("stopped")
+            self._release()
+
+    def _step(self) -> float:
+        """One attempt; returns how long to wait before the next."""
+        with self._lock:
+            resigning, self._resign_pending = self._resign_pending, False
+            leading = self._term is not None
+        if resigning:
+            self._release()
+            self._step_back_until = time.monotonic() + self.lease.total_seconds()
+            return 0.0
+        if leading:
+            return self._renew()
+        remaining = self._step_back_until - time.monotonic()
+        if remaining > 0:
+            reply = self._call(self._ops.read)
+            if reply is not None:
+                self._report(reply)
+            return min(self._retry_s, remaining)
+        return self._campaign()
+
+    def _campaign(self) -> float:
+        sent = time.monotonic()
+        token, seen = self._token, self._max_term
+        reply = self._call(lambda client: self._ops.acquire(client, token, seen))
+        if reply is None:
+            return self._retry_s
+        if reply.status != Status.OURS:
+            self._report(reply)
+            return self._until_lapse(reply.pttl_ms)
+        if not self._promote(reply.term, sent):
+            self._release()  # resign() or stop() came meanwhile, or the reply came too late
+            return 0.0
+        return self._retry_s
+
+    def _renew(self) -> float:
+        with self._lock:
+            term, deadline = self._term, self._deadline
+        sent = time.monotonic()
+        if term is None:
+            return 0.0
+        if sent >= deadline:
+            self._demote("renew deadline passed")
+            self._release()
+            return 0.0
+        token = self._token
+        reply = self._call(lambda client: self._ops.renew(client, token, term))
+        if reply is None:
+            return max(0.0, min(self._retry_s, deadline - time.monotonic()))
+        if reply.status == Status.OURS:
+            with self._lock:
+                if self._term != term:
+                    return 0.0  # resigned meanwhile; the next step releases the lease
+                if time.monotonic() < deadline:
+                    self._deadline = sent + self._deadline_s
+                    return self._retry_s
+            self._demote("renewed only after the renew deadline")  # is_leader was already False
+            self._release()
+            return 0.0
+        self._demote(
+            "lease taken by another node" if reply.status == Status.HELD else "lease key overwritten"
+        )
+        self._token = uuid.uuid4().hex
+        self._report(reply)
+        return self._until_lapse(reply.pttl_ms)
+
+    def _promote(self, term: int, sent: float) -> bool:
+        with self._transition:
+            with self._lock:
+                if self._stop.is_set() or self._resign_pending or time.monotonic() >= sent + self._deadline_s:
+                    return False
+                ended = threading.Event()
+                self._term, self._deadline, self._ended = term, sent + self._deadline_s, ended
+            log.info("election %r: %s is the leader, term %d", self.name, self.node_id, term)
+            self._observe(self.node_id, term)
+            self._publish(LeadershipAcquired(election=self.name, node=self.node_id, term=term))
+            self._submit(self._on_elected, term, ended)
+            return True
+
+    def _demote(self, reason: str) -> None:
+        """End this node's leadership, if any (from any thread; acts once)."""
+        with self._transition:
+            with self._lock:
+                term, ended = self._term, self._ended
+                self._term = self._ended = None
+            if term is None or ended is None:
+                return
+            ended.set()
+            log.info("election %r: %s no longer leads term %d: %s", self.name, self.node_id, term, reason)
+            self._publish(LeadershipLost(election=self.name, node=self.node_id, term=term, reason=reason))
+            self._submit(self._on_demoted, term)
+
+    def _release(self) -> None:
+        """Delete the lease if our token still holds it; never use that token again."""
+        token, self._token = self._token, uuid.uuid4().hex
+        if self._call(lambda client: self._ops.release(client, token)) and self._observed is not None:
+            self._observe(None, self._observed[1])
+
+    def _report(self, reply: LeaseReply) -> None:
+        if reply.status != Status.CORRUPT:
+            self._corrupt_reported = False
+            self._observe(reply.holder, self._max_term if reply.status == Status.VACANT else reply.term)
+        elif not self._corrupt_reported:
+            self._corrupt_reported = True
+            log.warning(
+                "election %r: %r holds a %s, not an election lease; it lapses in %d ms and is then replaced",
+                self.name, self._ops.key, reply.holder, reply.pttl_ms,
+            )  # fmt: skip
+
+    def _observe(self, leader: str | None, term: int) -> None:
+        self._max_term = max(self._max_term, term)
+        if (leader, term) == self._observed:
+            return
+        self._observed = (leader, term)
+        self._publish(LeaderChanged(election=self.name, leader=leader, term=term))
+        self._submit(self._on_new_leader, leader)
+
+    def _until_lapse(self, pttl: int) -> float:
+        """Wait one retry period, or less: just past the lapse of a lease about to expire."""
+        if 0 <= pttl < self._retry_s * 1000:
+            return pttl / 1000 + random.uniform(0.001, 0.01)  # spreads the candidates
+        return self._retry_s
+
+    def _call(self, operation: Callable[[redis.Redis], T]) -> T | None:
+        """Run ``operation`` on the election's pool; None when Redis failed (logged once per outage)."""
+        if self._redis is None:
+            return None
+        try:
+            result = operation(self._redis)
+        except redis.RedisError as exc:
+            self._outage.failed(exc)
+            return None
+        self._outage.succeeded()
+        return result
+
+    def _publish(self, event: object) -> None:
+        if self._events is not None:
+            self._events.publish(event)
+
+    def _submit(self, callback: Callable[..., None] | None, *args: object) -> None:
+        callbacks = self._callbacks
+        if callback is not None and callbacks is not None:
+            callbacks.submit(callback, *args)
+
+    def __enter__(self) -> LeaderElection:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return (
+            f"LeaderElection({self.name!r}, node={self.node_id!r}, running={self.running}, term={self.term})"
+        )

@@ -1,0 +1,168 @@
+"""An election's lease in Redis: its timings, one Lua script per operation, and a pool for the thread.
+
+The lease is the hash ``{instance}tq:election:{name}`` (``node``, ``token``,
+``term``) with a PX TTL; ``{instance}tq:election:{name}:term`` counts terms.
+Each operation is one script, so one round trip, and every change is a
+compare-and-set on the token inside it (see ``lua/election_*.lua``).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import timedelta
+from typing import Any
+
+import attrs
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool
+
+from tickerq.durations import to_timedelta
+from tickerq.errors import ConfigurationError
+from tickerq.redis.keys import Keys
+from tickerq.redis.scripts import LuaScript
+
+__all__ = ["ElectionLease", "LeaseReply", "LeaseTimings", "Status", "dedicated_client"]
+
+_ACQUIRE = LuaScript("election_acquire")
+_RENEW = LuaScript("election_renew")
+_RELEASE = LuaScript("election_release")
+_READ = LuaScript("election_read")
+
+
+def _seconds(value: timedelta) -> str:
+    return f"{value.total_seconds():g} s"
+
+
+def _lease(value: object) -> timedelta:
+    return to_timedelta(value, field="lease")
+
+
+def _renew_deadline(value: object) -> timedelta:
+    return to_timedelta(value, field="renew_deadline")
+
+
+def _retry_period(value: object) -> timedelta:
+    return to_timedelta(value, field="retry_period")
+
+
+@attrs.frozen(kw_only=True)
+class LeaseTimings:
+    """An election's timings (``timedelta`` or seconds); ``lease > renew_deadline > 1.2 x retry_period``.
+
+    Raises:
+        ConfigurationError: Naming the fields and their values.
+    """
+
+    lease: timedelta = attrs.field(converter=_lease)
+    renew_deadline: timedelta = attrs.field(converter=_renew_deadline)
+    retry_period: timedelta = attrs.field(converter=_retry_period)
+
+    def __attrs_post_init__(self) -> None:
+        lease, deadline, retry = self.lease, self.renew_deadline, self.retry_period
+        if not lease > deadline:
+            raise ConfigurationError(
+                f"lease={_seconds(lease)} must be longer than renew_deadline={_seconds(deadline)}: "
+                "the leader must demote itself before its lease can lapse in Redis"
+            )
+        if not deadline > retry * 1.2:
+            raise ConfigurationError(
+                f"renew_deadline={_seconds(deadline)} must be longer than 1.2 x "
+                f"retry_period={_seconds(retry)} (= {_seconds(retry * 1.2)}): "
+                "the leader needs a second renewal attempt before its deadline"
+            )
+
+
+class Status(enum.IntEnum):
+    """What a script found in the lease key."""
+
+    HELD = 0  #: another token holds it (``holder`` None: kept vacant after Redis lost its data)
+    OURS = 1  #: our token holds it (now, or again after a retry whose reply was lost)
+    VACANT = 2  #: nobody holds it (reported by reads only: a candidate takes it)
+    CORRUPT = -1  #: the key is not a lease tickerq wrote (``holder`` names its Redis type)
+
+
+@attrs.frozen
+class LeaseReply:
+    """A script's reply: the status, the holder's node id, its term and the TTL left (ms)."""
+
+    status: Status
+    holder: str | None
+    term: int
+    pttl_ms: int
+
+    @classmethod
+    def parse(cls, reply: Any) -> LeaseReply:
+        """Build from the raw ``{status, node, term, pttl}`` reply (bytes or str)."""
+        status, holder, term, pttl = reply
+        if isinstance(holder, bytes):
+            holder = holder.decode("utf-8", "replace")
+        return cls(Status(int(status)), holder or None, int(term), int(pttl))
+
+
+@attrs.frozen
+class ElectionLease:
+    """The operations on one election's lease, for one node. Holds no state; any thread may use it.
+
+    Args:
+        keys: Key names for this instance.
+        name: The election's name.
+        node_id: The node that campaigns.
+        lease_ms: The lease's TTL in milliseconds.
+    """
+
+    keys: Keys
+    name: str
+    node_id: str
+    lease_ms: int
+
+    @property
+    def key(self) -> str:
+        """The lease hash."""
+        return self.keys.election(self.name)
+
+    def acquire(self, client: redis.Redis, token: str, seen_term: int) -> LeaseReply:
+        """Take the lease when vacant with a new term, else report its holder.
+
+        ``seen_term`` is the highest term this node has seen: when the counter is
+        below it, Redis lost its data and the lease is kept vacant for one lease.
+        """
+        keys = [self.key, self.keys.election_term(self.name)]
+        return LeaseReply.parse(_ACQUIRE(client, keys, [self.node_id, token, self.lease_ms, seen_term]))
+
+    def renew(self, client: redis.Redis, token: str, term: int) -> LeaseReply:
+        """Extend the lease while ``token`` holds it; re-create it if it vanished and nobody took it."""
+        keys = [self.key, self.keys.election_term(self.name)]
+        return LeaseReply.parse(_RENEW(client, keys, [self.node_id, token, term, self.lease_ms]))
+
+    def release(self, client: redis.Redis, token: str) -> bool:
+        """Delete the lease if ``token`` holds it; returns whether it did."""
+        return bool(_RELEASE(client, [self.key], [token]))
+
+    def read(self, client: redis.Redis) -> LeaseReply:
+        """Who holds the lease (``HELD`` or ``VACANT``; ``CORRUPT`` for garbage). Writes nothing."""
+        return LeaseReply.parse(_READ(client, [self.key]))
+
+
+def dedicated_client(client: redis.Redis, timeout: float) -> redis.Redis:
+    """A client on a new pool that connects like ``client``'s, but gives up after ``timeout`` s, no retries.
+
+    Closing the returned client closes its pool; ``client`` is not touched.
+    """
+    template = client.connection_pool
+    kwargs = {
+        **template.connection_kwargs,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_error": [],
+    }
+    pool: redis.ConnectionPool
+    if isinstance(template, SentinelConnectionPool):
+        pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            template.service_name, template.sentinel_manager, max_connections=2, **kwargs
+        )
+    else:
+        pool = redis.ConnectionPool(connection_class=template.connection_class, max_connections=2, **kwargs)
+    return redis.Redis.from_pool(pool)

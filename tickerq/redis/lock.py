@@ -1,0 +1,392 @@
+"""Distributed locks with fencing tokens, automatic renewal and fair waiting.
+
+A Redis lock gives efficiency, not perfect safety. A process can pause (GC, swap,
+SIGSTOP) or Redis can lose its data after the lock was checked and before the
+protected work is done, so two holders can overlap. For correctness the protected
+resource must check ``lease.fence``: it is strictly increasing per lock name, so
+the resource rejects any write carrying a fence lower than one it has seen.
+
+Keys: the lock is the string ``{instance}lock:{name}`` holding the lease's token;
+its fence counter is ``{instance}lock:{name}:fence`` and never expires (run Redis
+with ``noeviction`` or a ``volatile-*`` policy so it is not evicted). Waiters
+queue under ``{instance}tq:lock-*:{name}`` and are woken in FIFO order when the
+lock is released. A waiter also re-checks every ``WAITER_POLL`` seconds, to notice
+a holder that crashed and whose key expired. A waiter that dies in line delays
+the others by at most ``DEAD_WAITER_STALL_BOUND`` (2.5 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+import attrs
+import redis
+
+from tickerq.durations import Duration, to_milliseconds, to_timedelta
+from tickerq.errors import ConfigurationError, KeyTypeError, LockError, LockLostError, LockTimeoutError
+from tickerq.redis.keys import Keys
+from tickerq.redis.scripts import LuaScript
+from tickerq.redis.translate import translate_errors
+from tickerq.redis.watchdog import LOST, RENEW, Lease, Watchdog, renew_arguments
+
+__all__ = ["DEAD_WAITER_STALL_BOUND", "Lease", "Lock", "LockManager"]
+
+log = logging.getLogger(__name__)
+
+ACQUIRE = LuaScript("lock_acquire")
+RELEASE = LuaScript("lock_release")
+
+#: A waiter re-checks the lock (and refreshes its place in line) at least this often, in seconds.
+WAITER_POLL = 0.5
+#: A waiter that stops refreshing loses its place in line after this long.
+WAITER_LIVENESS = 1.5
+#: A waiter given the turn must take the free lock within this long, or the turn moves on.
+TURN_TIMEOUT = 0.5
+#: The longest a waiter that died in line can keep a free lock from the next live waiter: it may
+#: still get the turn until its place expires, the turn lapses, then the next waiter polls.
+DEAD_WAITER_STALL_BOUND = WAITER_LIVENESS + TURN_TIMEOUT + WAITER_POLL
+_MAX_FLOORS = 4096  # lock names whose highest fence this process remembers
+
+
+@attrs.frozen
+class LockKeys:
+    """The keys one lock uses (lock, fence, and its waiting line)."""
+
+    lock: str
+    fence: str
+    queue: str
+    turn: str
+    waiters: str
+    wake_prefix: str
+
+    @classmethod
+    def build(cls, keys: Keys, name: str) -> LockKeys:
+        return cls(
+            keys.lock(name), keys.lock_fence(name), keys.lock_queue(name),
+            keys.lock_turn(name), keys.lock_waiters(name), keys.lock_wake_prefix(name),
+        )  # fmt: skip
+
+    @property
+    def script_keys(self) -> list[str]:
+        return [self.lock, self.fence, self.queue, self.turn, self.waiters]
+
+
+def _release_args(token: str, waiter: str, fence: int, keys: LockKeys) -> list[str | int]:
+    return [token, waiter, fence, keys.wake_prefix, int(TURN_TIMEOUT * 1000)]
+
+
+class Lock:
+    """A named distributed lock; made by :meth:`LockManager.lock`, no I/O until used.
+
+    ``with lock as lease:`` acquires on entry and releases on exit. Leaving the
+    block raises :class:`LockLostError` if the lease was lost, unless the body
+    raised: then the body's exception propagates.
+    """
+
+    def __init__(
+        self, manager: LockManager, name: str, *, ttl: Duration, blocking: bool,
+        wait_timeout: Duration | None, auto_renew: bool, on_lost: Callable[[Lease], None] | None,
+        reentrant: bool,
+    ) -> None:  # fmt: skip
+        self.name = name
+        self.ttl = to_timedelta(ttl, field="ttl")
+        self.blocking = blocking
+        self.wait_timeout: timedelta | None = None
+        if wait_timeout is not None:
+            if not blocking:
+                raise ConfigurationError(
+                    f"wait_timeout={wait_timeout!r} with blocking=False: a non-blocking lock does not wait"
+                )
+            self.wait_timeout = to_timedelta(wait_timeout, field="wait_timeout", allow_zero=True)
+        self.auto_renew = auto_renew
+        self.on_lost = on_lost
+        self.reentrant = reentrant
+        self.keys = manager._lock_keys(name)
+        self._manager = manager
+        self._mutex = threading.Lock()
+        self._leases: list[Lease] = []  # one entry per acquire() not yet released
+
+    @property
+    def lease(self) -> Lease | None:
+        """The lease this Lock holds now, or None."""
+        with self._mutex:
+            return self._leases[-1] if self._leases else None
+
+    def acquire(self) -> Lease:
+        """Acquire the lock, waiting in line if ``blocking``.
+
+        Returns:
+            The lease; with ``reentrant=True`` the owner's existing lease when it holds one.
+
+        Raises:
+            LockTimeoutError: Taken and ``blocking=False``, or ``wait_timeout`` elapsed.
+            LockLostError: Reentering a lease that is lost.
+            LockError: This non-reentrant Lock already holds the lock, or the manager is closed.
+            RedisUnavailableError: Redis could not be reached.
+        """
+        if self.lease is not None and not self.reentrant:
+            raise LockError(f"this Lock already holds {self.name!r}: release it first, or use reentrant=True")
+        lease = self._manager._acquire(self)
+        with self._mutex:
+            self._leases.append(lease)
+        return lease
+
+    def release(self) -> bool:
+        """Release one acquisition (the lock itself when it is the owner's last).
+
+        Returns:
+            Whether the lease was still held (never declared lost) until now.
+
+        Raises:
+            LockError: This Lock holds nothing.
+            RedisUnavailableError: Redis could not be reached (the key then expires by itself).
+        """
+        with self._mutex:
+            if not self._leases:
+                raise LockError(f"cannot release {self.name!r}: this Lock does not hold it")
+            lease = self._leases.pop()
+        return self._manager._release(lease)
+
+    def extend(self, ttl: Duration | None = None) -> None:
+        """Set the lock's remaining time to ``ttl`` (default: the lease's ttl) now.
+
+        Raises:
+            LockLostError: The lease is lost or was released.
+            LockError: This Lock holds nothing.
+        """
+        lease = self.lease
+        if lease is None:
+            raise LockError(f"cannot extend {self.name!r}: this Lock does not hold it")
+        self._manager._extend(lease, None if ttl is None else to_timedelta(ttl, field="ttl"))
+
+    def __enter__(self) -> Lease:
+        return self.acquire()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        lease = self.lease
+        error: Exception | None = None
+        try:
+            held = self.release()
+        except Exception as release_error:
+            if exc_type is not None:  # the body's exception wins
+                log.warning("releasing lock %r failed while its body raised: %s", self.name, release_error)
+                return
+            held, error = False, release_error
+        lost = lease is not None and (lease.lost.is_set() or (error is None and not held))
+        if exc_type is None and lease is not None and lost:
+            reason = lease.lost_reason or "the key was gone or held by another owner at release"
+            raise LockLostError(
+                f"lock {self.name!r} (fence {lease.fence}) was lost inside the with block: {reason}"
+            ) from error
+        if error is not None:
+            raise error
+
+    def __repr__(self) -> str:
+        return f"<Lock {self.name!r} ttl={self.ttl} lease={self.lease!r}>"
+
+
+class LockManager:
+    """Makes locks for one node and runs their watchdog thread.
+
+    A Redis lock gives efficiency, not perfect safety: for correctness the
+    protected resource must check ``lease.fence`` (see the module docstring).
+
+    A waiting thread holds one connection of ``client`` while it blocks (at most
+    ``WAITER_POLL`` seconds at a time), so size its pool for concurrent waiters.
+
+    Args:
+        client: The application's client, used to acquire, wait and release (not closed here).
+        watchdog_client: A client on its own small pool without retries, used only
+            for renewals so application traffic cannot starve them (not closed here).
+        keys: Key names for this instance.
+        owner: This node's id; tokens are ``{owner}:{random}`` for debuggability.
+    """
+
+    def __init__(self, client: redis.Redis, watchdog_client: redis.Redis, keys: Keys, owner: str) -> None:
+        self.keys = keys
+        self.owner = owner
+        self.watchdog = Watchdog(watchdog_client, on_resurrected=self._delete_key)
+        self._client = client
+        self._pid = os.getpid()
+        self._mutex = threading.Lock()
+        self._floors: dict[str, int] = {}
+        self._keys_by_name: dict[str, LockKeys] = {}
+        self._reentrant: dict[tuple[int, str, int], Lease] = {}
+        pool = getattr(client, "connection_pool", None)
+        socket_timeout = getattr(pool, "connection_kwargs", {}).get("socket_timeout")
+        # A BLPOP must return before the client's socket timeout would call it a failure.
+        self._max_block = max(0.01, min(WAITER_POLL, socket_timeout / 2)) if socket_timeout else WAITER_POLL
+
+    def lock(
+        self, name: str, ttl: Duration = timedelta(seconds=30), *, blocking: bool = True,
+        wait_timeout: Duration | None = None, auto_renew: bool = True,
+        on_lost: Callable[[Lease], None] | None = None, reentrant: bool = False,
+    ) -> Lock:  # fmt: skip
+        """A lock named ``name`` (no I/O until it is acquired).
+
+        Args:
+            name: The lock's name (key ``{instance}lock:{name}``).
+            ttl: How long the lock outlives its last renewal; a timedelta or seconds.
+            blocking: Wait in line while it is taken; otherwise fail at once.
+            wait_timeout: Longest wait when blocking; None waits forever.
+            auto_renew: Renew every ttl/3 from the watchdog thread until released. Without
+                it the lease is declared lost when its ttl runs out, unless extended.
+            on_lost: Called once with the lease, on a thread of its own, when it is lost.
+            reentrant: The thread that holds the lease may acquire it again (counted).
+
+        Raises:
+            ConfigurationError: ``ttl <= 0``, ``wait_timeout < 0``, or a ``wait_timeout``
+                with ``blocking=False``.
+            InvalidKeyError: ``name`` is empty or not a string.
+        """
+        return Lock(
+            self, name, ttl=ttl, blocking=blocking, wait_timeout=wait_timeout,
+            auto_renew=auto_renew, on_lost=on_lost, reentrant=reentrant,
+        )  # fmt: skip
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the watchdog thread; safe twice.
+
+        Leases still held are no longer renewed or watched (``ensure_held()`` still
+        checks their deadline) and new acquisitions raise :class:`LockError`.
+        """
+        self.watchdog.stop(timeout)
+
+    def _acquire(self, lock: Lock) -> Lease:
+        """Acquire ``lock`` for its Lock object; see :meth:`Lock.acquire`."""
+        pid = os.getpid()
+        if self._pid != pid:  # forked: the parent's bookkeeping (and its mutex) are not ours
+            self._pid, self._mutex, self._reentrant = pid, threading.Lock(), {}
+        if self.watchdog.closed:
+            raise LockError(f"cannot acquire {lock.name!r}: the lock manager is closed")
+        if lock.reentrant:
+            with self._mutex:
+                owned = self._reentrant.get((pid, lock.name, threading.get_ident()))
+            if owned is not None and not owned.released:
+                owned.join()
+                return owned
+        keys = lock.keys
+        token = f"{self.owner}:{secrets.token_hex(10)}"
+        waiter = token if lock.blocking else ""
+        wait = None if lock.wait_timeout is None else lock.wait_timeout.total_seconds()
+        deadline = None if wait is None else time.monotonic() + wait
+        args: list[str | int] = [
+            token, to_milliseconds(lock.ttl), waiter, self._floors.get(lock.name, 0), keys.wake_prefix,
+            int(WAITER_LIVENESS * 1000), int(TURN_TIMEOUT * 1000),
+        ]  # fmt: skip
+        try:
+            while True:
+                sent_at = time.monotonic()
+                acquired, value = self._call(lock.name, ACQUIRE, keys.script_keys, args)
+                if acquired:
+                    break
+                if not lock.blocking:
+                    state = {-2: "free but promised to a queued waiter", -1: "held with no expiry"}.get(
+                        value, f"held by another owner for {value / 1000:.1f} s more"
+                    )
+                    raise LockTimeoutError(f"lock {lock.name!r} is {state}, and blocking=False")
+                remaining = self._max_block if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LockTimeoutError(f"lock {lock.name!r} not acquired within wait_timeout={wait} s")
+                block = max(0.01, min(self._max_block, remaining))
+                self._call(lock.name, _blpop, [keys.wake_prefix + waiter], [block])
+        except BaseException:
+            if waiter:  # leave the line, and let go if the reply we lost was a success
+                try:
+                    RELEASE(self._client, keys.script_keys, _release_args(token, waiter, 0, keys))
+                except redis.RedisError as exc:
+                    log.warning("could not leave the waiting line of lock %r: %s", lock.name, exc)
+            raise
+        lease = Lease(
+            name=lock.name, token=token, fence=int(value), ttl=lock.ttl, keys=keys,
+            auto_renew=lock.auto_renew, on_lost=lock.on_lost, sent_at=sent_at, pid=pid,
+        )  # fmt: skip
+        with self._mutex:
+            if len(self._floors) >= _MAX_FLOORS and lock.name not in self._floors:
+                del self._floors[next(iter(self._floors))]
+            self._floors[lock.name] = max(self._floors.get(lock.name, 0), lease.fence)
+            if lock.reentrant:
+                self._reentrant[(lease.pid, lock.name, lease.owner_thread)] = lease
+        try:
+            self.watchdog.register(lease)
+        except LockError:
+            self._release(lease)
+            raise
+        return lease
+
+    def _release(self, lease: Lease) -> bool:
+        """Release one acquisition of ``lease``; see :meth:`Lock.release`."""
+        if lease.pid != os.getpid():
+            raise LockError(
+                f"lock {lease.name!r} was acquired by process {lease.pid}; a fork cannot release it"
+            )
+        lease.check_deadline()
+        if not lease.drop():
+            return not lease.lost.is_set()
+        self.watchdog.unregister(lease)
+        with self._mutex:
+            key = (lease.pid, lease.name, lease.owner_thread)
+            if self._reentrant.get(key) is lease:
+                del self._reentrant[key]
+        args = _release_args(lease.token, "", lease.fence, lease.keys)
+        code = self._call(lease.name, RELEASE, lease.keys.script_keys, args)
+        # 2: the key was already gone and nobody took it since, e.g. our retried call.
+        return code in (1, 2) and not lease.lost.is_set()
+
+    def _extend(self, lease: Lease, ttl: timedelta | None) -> None:
+        """Set ``lease``'s remaining time to ``ttl`` (default its ttl); see :meth:`Lock.extend`."""
+        lease.ensure_held()
+        ttl = lease.ttl if ttl is None else ttl
+        sent_at = time.monotonic()
+        keys, args = renew_arguments([lease])
+        args[1] = to_milliseconds(ttl)
+        if self._call(lease.name, RENEW, keys, args)[0] == LOST:
+            lease.declare_lost("extend found the lock gone or held by another owner")
+            lease.ensure_held()
+        lease.set_ttl(ttl)
+        lease.confirm(sent_at, ttl.total_seconds())
+        self.watchdog.poke()
+
+    def _delete_key(self, lease: Lease) -> Any:
+        args = _release_args(lease.token, "", lease.fence, lease.keys)
+        return RELEASE(self._client, lease.keys.script_keys, args)
+
+    def _lock_keys(self, name: str) -> LockKeys:
+        keys = self._keys_by_name.get(name)
+        if keys is None:
+            if len(self._keys_by_name) >= _MAX_FLOORS:
+                self._keys_by_name.clear()
+            keys = self._keys_by_name[name] = LockKeys.build(self.keys, name)
+        return keys
+
+    def _call(
+        self,
+        name: str,
+        call: Callable[[redis.Redis, list[str], list[Any]], Any],
+        keys: list[str],
+        args: list[Any],
+    ) -> Any:
+        try:
+            return call(self._client, keys, args)
+        except redis.RedisError as exc:
+            if isinstance(exc, redis.ResponseError) and ("WRONGTYPE" in str(exc) or "integer" in str(exc)):
+                raise KeyTypeError(
+                    f"lock {name!r}: a key holds a value tickerq did not write ({exc})"
+                ) from exc
+            with translate_errors(f"lock {name!r}"):
+                raise
+        raise AssertionError("unreachable")
+
+
+def _blpop(client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
+    return client.blpop(keys, args[0])

@@ -1,0 +1,34 @@
+-- Shared by the election scripts. The lease is a hash {node, token, term} with a PX TTL.
+
+-- Returns 'lease', node, token, term; or 'none'; or the Redis type of a key tickerq did not
+-- write (a hash missing a field reports 'hash').
+local function read_lease(key)
+  local kind = redis.call('TYPE', key).ok
+  if kind == 'hash' then
+    local h = redis.call('HMGET', key, 'node', 'token', 'term')
+    local term = tonumber(h[3])
+    if h[1] and h[2] and term then
+      return 'lease', h[1], h[2], term
+    end
+  end
+  return kind
+end
+
+-- The key's remaining ms. A key without a TTL gets one lease, so that garbage written from
+-- outside cannot block the election forever; a leader that finds it demotes at once.
+local function lapse_ms(key, lease_ms)
+  local pttl = redis.call('PTTL', key)
+  if pttl < 0 then
+    redis.call('PEXPIRE', key, lease_ms)
+    return tonumber(lease_ms)
+  end
+  return pttl
+end
+
+-- The term counter, or nil when it is missing or not an integer.
+local function read_counter(key)
+  if redis.call('TYPE', key).ok ~= 'string' then
+    return nil
+  end
+  return tonumber(redis.call('GET', key))
+end

@@ -1,0 +1,50 @@
+-- Take a lock: SET NX PX plus the fence INCR, in turn order when others wait.
+-- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] waiter queue (list),
+-- KEYS[4] turn, KEYS[5] waiter deadlines (zset)
+-- ARGV[1] token, ARGV[2] ttl ms, ARGV[3] waiter id ('' = do not queue),
+-- ARGV[4] fence floor, ARGV[5] wake key prefix, ARGV[6] waiter liveness ms,
+-- ARGV[7] turn ms
+-- Returns {1, fence} when held by token, {0, pttl of the lock} otherwise.
+-- include: lock_grant
+local token, wid = ARGV[1], ARGV[3]
+local current = redis.call('GET', KEYS[1])
+if current == token then
+  -- A retried call whose first reply was lost: nobody can INCR while we hold it.
+  return {1, tonumber(redis.call('GET', KEYS[2])) or 0}
+end
+
+local turn = false
+if not current then
+  -- Nobody queued and no turn given (one call): the uncontended fast path.
+  if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
+    turn = redis.call('GET', KEYS[4])
+    if not turn then turn = grant(KEYS[3], KEYS[4], KEYS[5], ARGV[5], ARGV[7]) end
+  end
+  if (not turn) or turn == wid then
+    -- INCR before SET: if the counter holds garbage the script fails before writing.
+    local fence = redis.call('INCR', KEYS[2])
+    local floor = tonumber(ARGV[4])
+    if fence <= floor then
+      fence = floor + 1
+      redis.call('SET', KEYS[2], fence)
+    end
+    redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+    if turn then
+      redis.call('DEL', KEYS[4], ARGV[5] .. wid)
+    end
+    return {1, fence}
+  end
+end
+
+if wid ~= '' and turn ~= wid then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not redis.call('ZSCORE', KEYS[5], wid) then
+    redis.call('RPUSH', KEYS[3], wid)
+  end
+  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[6]), wid)
+  -- The queue outlives its last live waiter by a little, never forever.
+  redis.call('PEXPIRE', KEYS[3], 2 * tonumber(ARGV[6]))
+  redis.call('PEXPIRE', KEYS[5], 2 * tonumber(ARGV[6]))
+end
+return {0, redis.call('PTTL', KEYS[1])}

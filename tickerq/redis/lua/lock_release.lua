@@ -1,0 +1,35 @@
+-- Let go of a lock (when ARGV[1] is its token) and/or of a place in its queue
+-- (when ARGV[2] is a waiter id); hand a free lock to the next live waiter.
+-- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] waiter queue (list),
+-- KEYS[4] turn, KEYS[5] waiter deadlines (zset)
+-- ARGV[1] token or '', ARGV[2] waiter id or '', ARGV[3] our fence,
+-- ARGV[4] wake key prefix, ARGV[5] turn ms
+-- Returns 1 released; 2 already gone and nobody took it since (e.g. a retried
+-- call whose first reply was lost); 0 not ours.
+-- include: lock_grant
+local result = 0
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] ~= '' then
+  if current == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    current = false
+    result = 1
+  elseif not current and redis.call('GET', KEYS[2]) == ARGV[3] then
+    result = 2
+  end
+end
+
+local wid = ARGV[2]
+if wid ~= '' then
+  redis.call('LREM', KEYS[3], 0, wid)
+  redis.call('ZREM', KEYS[5], wid)
+  redis.call('DEL', ARGV[4] .. wid)
+  if redis.call('GET', KEYS[4]) == wid then
+    redis.call('DEL', KEYS[4])
+  end
+end
+
+if not current and redis.call('EXISTS', KEYS[3]) == 1 and redis.call('EXISTS', KEYS[4]) == 0 then
+  grant(KEYS[3], KEYS[4], KEYS[5], ARGV[4], ARGV[5])
+end
+return result

@@ -1,0 +1,33 @@
+-- Renew a batch of leases in one call; extend replaces the TTL.
+-- KEYS: lock_1, fence_1, lock_2, fence_2, ...
+-- ARGV: token_1, ttl_ms_1, fence_1, token_2, ttl_ms_2, fence_2, ...
+-- Returns one code per lease: 1 extended; 2 re-established after Redis lost its
+-- data (lock and counter both gone); 0 lost (another owner, or the key deleted
+-- or expired while the counter survived, or a key of the wrong type).
+-- Whatever the outcome, the counter is raised to at least the lease's fence so
+-- fences never go backwards after a data loss.
+local codes = {}
+for i = 1, #KEYS / 2 do
+  local lock, counter_key = KEYS[2 * i - 1], KEYS[2 * i]
+  local token, ttl, fence = ARGV[3 * i - 2], ARGV[3 * i - 1], tonumber(ARGV[3 * i])
+  local code = 0
+  local raw = redis.pcall('GET', counter_key)
+  local counter_ok = type(raw) ~= 'table'
+  local counter = counter_ok and raw and tonumber(raw)
+  if raw and not counter then counter_ok = false end
+  local current = redis.pcall('GET', lock)
+  if type(current) ~= 'table' then
+    if current == token then
+      redis.call('PEXPIRE', lock, ttl)
+      code = 1
+    elseif not current and counter_ok and not raw then
+      redis.call('SET', lock, token, 'PX', ttl)
+      code = 2
+    end
+  end
+  if counter_ok and ((not counter) or counter < fence) then
+    redis.call('SET', counter_key, fence)
+  end
+  codes[i] = code
+end
+return codes
