@@ -14,17 +14,19 @@ import orjson
 import pytest
 import redis
 
+from tests.conftest import wait_until
 from tickerq.events import EventHub, NodesDead
 from tickerq.redis.heartbeat import HeartbeatService
 from tickerq.redis.keys import Keys
 from tickerq.redis.registry import NodeRegistry
 from tickerq.testing import RedisServer
-from tests.conftest import wait_until
 
 NODE = str(Path(__file__).with_name("node_process.py"))
 
 
-def spawn(server: RedisServer, node: str, interval: float, grace: float, start_at: float = 0.0) -> subprocess.Popen[str]:
+def spawn(
+    server: RedisServer, node: str, interval: float, grace: float, start_at: float = 0.0
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, NODE, server.address, node, str(interval), str(grace), str(start_at)],
         stdin=subprocess.PIPE,
@@ -50,7 +52,9 @@ def test_threads_and_processes_registering_together_lose_no_node(
     """Twenty threads and three processes registering at the same moment all end up in the registry."""
     start_at = time.time() + 2.0
     processes.extend(spawn(redis_server, f"proc-{i}", 60, 20, start_at) for i in range(3))
-    registries = [NodeRegistry(redis_server.client(), Keys("tickerq:"), f"thread-{i}", timedelta(60)) for i in range(20)]
+    registries = [
+        NodeRegistry(redis_server.client(), Keys("tickerq:"), f"thread-{i}", timedelta(60)) for i in range(20)
+    ]
 
     def register(registry: NodeRegistry) -> None:
         time.sleep(max(0.0, start_at - time.time()))

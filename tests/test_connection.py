@@ -47,7 +47,10 @@ def database_of(connections: RedisConnections) -> int:
         ("redis://:{password}@127.0.0.1:{port}/3", 3),
         ("redis://default:{password}@[::1]:{port}/0", 0),
         ("unix://{unix}?password={password}&db=3", 3),
-        ("127.0.0.1:{port},user=default,password={password},name=tickerq-test,keepAlive=30,abortConnect=true", 0),
+        (
+            "127.0.0.1:{port},user=default,password={password},name=tickerq-test,keepAlive=30,abortConnect=true",
+            0,
+        ),
     ],
 )
 def test_connection_string_forms_reach_the_server(secured: RedisServer, template: str, database: int) -> None:
@@ -65,7 +68,10 @@ def test_connection_string_forms_reach_the_server(secured: RedisServer, template
 def test_client_name_is_set(secured: RedisServer) -> None:
     """name= sets the connection's CLIENT SETNAME."""
     with connect(f"127.0.0.1:{secured.port},password={PASSWORD},name=web-01") as connections:
-        assert b"web-01" == connections.client.client_getname() or "web-01" == connections.client.client_getname()
+        assert (
+            b"web-01" == connections.client.client_getname()
+            or "web-01" == connections.client.client_getname()
+        )
 
 
 def test_wrong_password_names_endpoint_not_password(secured: RedisServer) -> None:

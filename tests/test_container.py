@@ -14,6 +14,7 @@ import pytest
 import redis
 
 import tickerq
+from tests.conftest import wait_until
 from tickerq import (
     ConfigurationError,
     ConnectionFailedError,
@@ -23,7 +24,6 @@ from tickerq import (
     add_tickerq,
 )
 from tickerq.testing import RedisServer
-from tests.conftest import wait_until
 
 
 def heartbeat_threads() -> list[threading.Thread]:
@@ -76,7 +76,10 @@ def test_context_without_init_starts_nothing(redis_server: RedisServer, redis_cl
 def test_context_outlives_its_container(redis_server: RedisServer) -> None:
     """A context stays usable after its container is dropped and collected; shutdown alone closes it."""
     container = add_tickerq(
-        lambda o: (o.configure_scheduler(node_identifier="n1"), o.add_redis(configuration=redis_server.address))
+        lambda o: (
+            o.configure_scheduler(node_identifier="n1"),
+            o.add_redis(configuration=redis_server.address),
+        )
     )
     ctx = container.redis_context()
     ctx.notify_node_alive()
@@ -126,7 +129,9 @@ def test_secrets_absent_from_reprs_and_logs(caplog: pytest.LogCaptureFixture) ->
     caplog.set_level(logging.DEBUG)
     with RedisServer(password="Top-Secret-77") as server:
         container = add_tickerq(
-            lambda o: o.add_redis(configuration=f"{server.address},password=Top-Secret-77", node_heartbeat_interval=0.05)
+            lambda o: o.add_redis(
+                configuration=f"{server.address},password=Top-Secret-77", node_heartbeat_interval=0.05
+            )
         )
         container.init_resources()
         ctx = container.redis_context()

@@ -12,12 +12,12 @@ import orjson
 import pytest
 import redis
 
+from tests.conftest import wait_until
 from tickerq.events import EventHub, NodeHeartbeat, NodesDead, RedisConnectionLost, RedisConnectionRestored
 from tickerq.redis.heartbeat import HeartbeatService
 from tickerq.redis.keys import Keys
 from tickerq.redis.registry import NodeRegistry
 from tickerq.testing import RedisServer
-from tests.conftest import wait_until
 
 
 def service(
@@ -30,7 +30,9 @@ def service(
     )
 
 
-def test_first_beat_is_written_before_start_returns(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+def test_first_beat_is_written_before_start_returns(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
     """start() writes the heartbeat and registers the node before it returns."""
     with service(redis_server, "a", interval=60):
         assert redis_client.exists("tickerq:hb:a")
@@ -146,7 +148,9 @@ def test_wrong_type_registry_does_not_kill_the_thread(
 
 
 @pytest.mark.slow
-def test_survives_redis_restart_and_logs_once(fault_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_survives_redis_restart_and_logs_once(
+    fault_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
     """With redis-server stopped, the thread logs one warning, then re-registers when it returns."""
     caplog.set_level(logging.INFO)
     events = EventHub()

@@ -57,8 +57,10 @@ def test_durations_accept_seconds_and_timedelta(value: object) -> None:
         ("configuration", "localhost:notaport", "notaport"),
     ],
 )
-def test_bad_values_fail_at_assignment_naming_field_and_value(field: str, value: object, expected: str) -> None:
-    """Assigning a bad value raises ConfigurationError (a ValueError) naming the field, value and expectation."""
+def test_bad_values_fail_at_assignment_naming_field_and_value(
+    field: str, value: object, expected: str
+) -> None:
+    """A bad value raises ConfigurationError (a ValueError) naming the field, value and expectation."""
     options = RedisOptions()
     with pytest.raises(ConfigurationError) as caught:
         setattr(options, field, value)

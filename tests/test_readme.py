@@ -20,7 +20,7 @@ def test_readme_examples_run(redis_server: RedisServer) -> None:
     namespace: dict[str, object] = {}
     try:
         for block in python_blocks():
-            exec(block.replace("localhost:6379", redis_server.address), namespace)  # noqa: S102
+            exec(block.replace("localhost:6379", redis_server.address), namespace)
     finally:
         container = namespace.get("container")
         if container is not None:

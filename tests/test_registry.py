@@ -23,7 +23,9 @@ def make(server: RedisServer, node: str, ttl: float = 80.0, instance: str = "tic
     return NodeRegistry(server.client(), Keys(instance), node, timedelta(seconds=ttl))
 
 
-def test_heartbeat_key_holds_node_and_server_time(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+def test_heartbeat_key_holds_node_and_server_time(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
     """The heartbeat key is {instance}hb:{node} with JSON {"node", "ts"} in Redis time (ms)."""
     beat = make(redis_server, "web-01").beat()
     payload = orjson.loads(redis_client.get("tickerq:hb:web-01"))
@@ -88,7 +90,9 @@ def test_empty_registry(redis_server: RedisServer) -> None:
     assert ((), ()) == (health.registered, health.dead)
 
 
-def test_remove_nodes_only_drops_nodes_still_dead(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+def test_remove_nodes_only_drops_nodes_still_dead(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
     """remove() drops dead nodes but keeps one whose heartbeat came back; the array stays an array."""
     for node in ("a", "b", "c"):
         make(redis_server, node).beat()
@@ -118,7 +122,9 @@ def test_concurrent_registration_loses_no_node(redis_server: RedisServer, redis_
     assert {f"n{i}" for i in range(20)} == set(orjson.loads(redis_client.get("tickerq:nodes:registry")))
 
 
-@pytest.mark.parametrize("garbage", [b"not json", b"{}", b'{"a": 1}', b"[1, 2", b'["a", 3]', b"[garbage]", b'["a","a","b"]'])
+@pytest.mark.parametrize(
+    "garbage", [b"not json", b"{}", b'{"a": 1}', b"[1, 2", b'["a", 3]', b"[garbage]", b'["a","a","b"]']
+)
 def test_corrupted_registry_is_read_from_index_and_repaired(
     redis_server: RedisServer, redis_client: redis.Redis, garbage: bytes
 ) -> None:
@@ -149,7 +155,9 @@ def test_scan_lease_goes_to_one_node_per_period(redis_server: RedisServer) -> No
     assert 1 == sum(beat.dead is not None for beat in beats)
 
 
-def test_hash_tag_instance_keeps_keys_in_one_slot(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+def test_hash_tag_instance_keeps_keys_in_one_slot(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
     """With instance "{tickerq}:" every key the registry writes hashes to one Cluster slot."""
     make(redis_server, "a", instance="{tickerq}:").beat(scan_lease=timedelta(seconds=1))
     written = redis_client.keys("*")

@@ -48,7 +48,9 @@ class TickerQContainer(containers.DeclarativeContainer):
 
     ``redis_context()`` returns the same ``RedisContext`` on every call until
     ``shutdown_resources()``; resolving it without ``init_resources()`` starts
-    no thread and registers no node. ``init_resources()`` connects (raising ``ConnectionFailedError`` if Redis is
+    no thread and registers no node.
+
+    ``init_resources()`` connects (raising ``ConnectionFailedError`` if Redis is
     unreachable and ``abort_on_connect_fail`` is set), writes the first
     heartbeat and starts the heartbeat thread. ``shutdown_resources()`` stops
     every thread, then closes the pools tickerq created.

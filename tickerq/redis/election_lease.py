@@ -14,12 +14,10 @@ from typing import Any
 
 import attrs
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-from redis.sentinel import SentinelConnectionPool
 
 from tickerq.durations import to_timedelta
 from tickerq.errors import ConfigurationError
+from tickerq.redis.connection import derive_pool
 from tickerq.redis.keys import Keys
 from tickerq.redis.scripts import LuaScript
 
@@ -150,19 +148,4 @@ def dedicated_client(client: redis.Redis, timeout: float) -> redis.Redis:
 
     Closing the returned client closes its pool; ``client`` is not touched.
     """
-    template = client.connection_pool
-    kwargs = {
-        **template.connection_kwargs,
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 0),
-        "retry_on_error": [],
-    }
-    pool: redis.ConnectionPool
-    if isinstance(template, SentinelConnectionPool):
-        pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
-            template.service_name, template.sentinel_manager, max_connections=2, **kwargs
-        )
-    else:
-        pool = redis.ConnectionPool(connection_class=template.connection_class, max_connections=2, **kwargs)
-    return redis.Redis.from_pool(pool)
+    return redis.Redis.from_pool(derive_pool(client.connection_pool, 2, timeout, socket_timeout=timeout))

@@ -166,4 +166,5 @@ class HeartbeatService:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"HeartbeatService(node={self.registry.node_id!r}, interval={self.interval}s, running={self.running})"
+        node = self.registry.node_id
+        return f"HeartbeatService(node={node!r}, interval={self.interval}s, running={self.running})"

@@ -44,7 +44,7 @@ class LuaScript:
     def __init__(self, name: str) -> None:
         self.name = name
         self.source = _INCLUDE.sub(lambda match: _read(match.group(1)), _read(name))
-        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
+        self.sha = hashlib.sha1(self.source.encode("utf-8"), usedforsecurity=False).hexdigest()
 
     def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[_Arg] = ()) -> Any:
         """Run the script on ``client`` and return its raw reply."""
