@@ -251,3 +251,46 @@ def test_shutdown_stops_every_thread(redis_server: RedisServer) -> None:
     assert time.monotonic() - started < 1.5
     assert [] == tickerq_threads()
     assert lease.fence >= 1
+
+
+def test_container_runs_the_nodes_election(redis_server: RedisServer) -> None:
+    """configure_scheduler(leader_election=...) makes init_resources campaign; one of two nodes leads."""
+
+    def node(name: str) -> tickerq.TickerQContainer:
+        return add_tickerq(
+            lambda o: (
+                o.configure_scheduler(
+                    node_identifier=name,
+                    leader_election="chores",
+                    leader_lease=1.5,
+                    leader_renew_deadline=1.0,
+                    leader_retry_period=0.2,
+                ),
+                o.add_redis(configuration=redis_server.address),
+            )
+        )
+
+    first, second = node("n1"), node("n2")
+    first.init_resources()
+    second.init_resources()
+    try:
+        elections = [first.leader_election(), second.leader_election()]
+        wait_until(lambda: any(e.is_leader for e in elections))
+        assert 1 == sum(e.is_leader for e in elections)
+        leader = next(e for e in elections if e.is_leader)
+        assert leader.leader() in {"n1", "n2"}
+    finally:
+        first.shutdown_resources()
+        second.shutdown_resources()
+    assert [] == tickerq_threads()
+
+
+def test_no_election_unless_asked(redis_server: RedisServer) -> None:
+    """Without leader_election, the container's election provider gives None and starts no thread."""
+    container = add_tickerq(lambda o: o.add_redis(configuration=redis_server.address))
+    container.init_resources()
+    try:
+        assert container.leader_election() is None
+        assert not [name for name in tickerq_threads() if name.startswith("tickerq-election")]
+    finally:
+        container.shutdown_resources()

@@ -150,3 +150,12 @@ def test_client_option_takes_a_redis_client() -> None:
     options = TickerQOptions()
     options.add_redis(client=client)
     assert options.frozen_copy().redis.client is client  # type: ignore[union-attr]
+
+
+def test_election_timings_are_checked_when_the_container_is_built() -> None:
+    """An election whose renew deadline is not shorter than its lease is refused at add_tickerq time."""
+    options = TickerQOptions()
+    options.add_redis(configuration="localhost:6379")
+    options.configure_scheduler(leader_election="chores", leader_lease=5, leader_renew_deadline=5)
+    with pytest.raises(ConfigurationError, match="renew_deadline"):
+        options.frozen_copy()

@@ -22,9 +22,10 @@ from collections.abc import Callable
 from dependency_injector import containers, providers
 
 from tickerq.events import EventHub
-from tickerq.options import RedisOptions, TickerQOptions
+from tickerq.options import RedisOptions, SchedulerOptions, TickerQOptions
 from tickerq.redis.connection import RedisConnections, open_connections
 from tickerq.redis.context import RedisContext
+from tickerq.redis.election import LeaderElection
 from tickerq.redis.heartbeat import HeartbeatService
 
 __all__ = ["TickerQContainer", "add_tickerq"]
@@ -43,12 +44,27 @@ def _heartbeat(
     )
 
 
+def _leader_election(context: RedisContext, options: SchedulerOptions) -> LeaderElection | None:
+    if options.leader_election is None:
+        return None
+    return context.leader_election(
+        options.leader_election,
+        lease=options.leader_lease,
+        renew_deadline=options.leader_renew_deadline,
+        retry_period=options.leader_retry_period,
+    )
+
+
 class TickerQContainer(containers.DeclarativeContainer):
     """Providers for one tickerq node.
 
     ``redis_context()`` returns the same ``RedisContext`` on every call until
     ``shutdown_resources()``; resolving it without ``init_resources()`` starts
     no thread and registers no node.
+
+    ``leader_election()`` is the node's election when
+    ``configure_scheduler(leader_election="name")`` asked for one (else None);
+    ``init_resources()`` starts it.
 
     ``init_resources()`` connects (raising ``ConnectionFailedError`` if Redis is
     unreachable and ``abort_on_connect_fail`` is set), writes the first
@@ -72,6 +88,9 @@ class TickerQContainer(containers.DeclarativeContainer):
         connections=redis_connections,
         options=options.provided.redis,
         events=events,
+    )
+    leader_election = providers.Resource(
+        _leader_election, context=redis_context, options=options.provided.scheduler
     )
 
 

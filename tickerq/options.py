@@ -19,6 +19,7 @@ import redis
 from tickerq.durations import to_timedelta
 from tickerq.errors import ConfigurationError
 from tickerq.redis.config import mask_configuration, parse_configuration
+from tickerq.redis.election_timings import LeaseTimings
 
 __all__ = ["RedisOptions", "SchedulerOptions", "TickerQOptions"]
 
@@ -179,9 +180,21 @@ class SchedulerOptions(_Options):
         node_identifier: This node's unique name (default: the host name). Give
             every process its own, e.g. ``f"{socket.gethostname()}-{os.getpid()}"``
             when one host runs several workers.
+        leader_election: When set, ``init_resources()`` starts a leader election
+            of this name for the node (``container.leader_election()``), for
+            cluster-wide chores that one node at a time must do.
+        leader_lease: The election's lease (Kubernetes default 15 s).
+        leader_renew_deadline: The leader demotes itself when it could not
+            renew for this long (10 s); must be shorter than the lease.
+        leader_retry_period: Time between campaign/renew attempts (2 s); the
+            deadline must exceed 1.2 x this.
     """
 
     node_identifier: str = attrs.field(factory=socket.gethostname, validator=_identifier)
+    leader_election: str | None = attrs.field(default=None, validator=attrs.validators.optional(_identifier))
+    leader_lease: timedelta = _duration_field(timedelta(seconds=15))
+    leader_renew_deadline: timedelta = _duration_field(timedelta(seconds=10))
+    leader_retry_period: timedelta = _duration_field(timedelta(seconds=2))
     _frozen: bool = attrs.field(default=False, init=False, repr=False, eq=False)
 
 
@@ -226,8 +239,16 @@ class TickerQOptions:
         """Validate the whole and return a frozen copy for the container.
 
         Raises:
-            ConfigurationError: Redis was added without a configuration or client.
+            ConfigurationError: Redis was added without a configuration or client,
+                or the leader election's timings do not fit together.
         """
+        scheduler = self.scheduler
+        if scheduler.leader_election is not None:
+            LeaseTimings(
+                lease=scheduler.leader_lease,
+                renew_deadline=scheduler.leader_renew_deadline,
+                retry_period=scheduler.leader_retry_period,
+            )
         if self.redis is not None and self.redis.configuration is None and self.redis.client is None:
             raise ConfigurationError(
                 "add_redis() was called without a connection: set configuration "

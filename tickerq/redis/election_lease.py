@@ -9,15 +9,13 @@ compare-and-set on the token inside it (see ``lua/election_*.lua``).
 from __future__ import annotations
 
 import enum
-from datetime import timedelta
 from typing import Any
 
 import attrs
 import redis
 
-from tickerq.durations import to_timedelta
-from tickerq.errors import ConfigurationError
 from tickerq.redis.connection import derive_pool
+from tickerq.redis.election_timings import LeaseTimings
 from tickerq.redis.keys import Keys
 from tickerq.redis.scripts import LuaScript
 
@@ -27,49 +25,6 @@ _ACQUIRE = LuaScript("election_acquire")
 _RENEW = LuaScript("election_renew")
 _RELEASE = LuaScript("election_release")
 _READ = LuaScript("election_read")
-
-
-def _seconds(value: timedelta) -> str:
-    return f"{value.total_seconds():g} s"
-
-
-def _lease(value: object) -> timedelta:
-    return to_timedelta(value, field="lease")
-
-
-def _renew_deadline(value: object) -> timedelta:
-    return to_timedelta(value, field="renew_deadline")
-
-
-def _retry_period(value: object) -> timedelta:
-    return to_timedelta(value, field="retry_period")
-
-
-@attrs.frozen(kw_only=True)
-class LeaseTimings:
-    """An election's timings (``timedelta`` or seconds); ``lease > renew_deadline > 1.2 x retry_period``.
-
-    Raises:
-        ConfigurationError: Naming the fields and their values.
-    """
-
-    lease: timedelta = attrs.field(converter=_lease)
-    renew_deadline: timedelta = attrs.field(converter=_renew_deadline)
-    retry_period: timedelta = attrs.field(converter=_retry_period)
-
-    def __attrs_post_init__(self) -> None:
-        lease, deadline, retry = self.lease, self.renew_deadline, self.retry_period
-        if not lease > deadline:
-            raise ConfigurationError(
-                f"lease={_seconds(lease)} must be longer than renew_deadline={_seconds(deadline)}: "
-                "the leader must demote itself before its lease can lapse in Redis"
-            )
-        if not deadline > retry * 1.2:
-            raise ConfigurationError(
-                f"renew_deadline={_seconds(deadline)} must be longer than 1.2 x "
-                f"retry_period={_seconds(retry)} (= {_seconds(retry * 1.2)}): "
-                "the leader needs a second renewal attempt before its deadline"
-            )
 
 
 class Status(enum.IntEnum):
