@@ -94,7 +94,7 @@ def test_killed_node_is_detected_once_its_ttl_passes(
         wait_until(lambda: "victim" in registry.health().dead or found, timeout=5)
         detected_after = time.monotonic() - killed_at
         wait_until(lambda: found, timeout=5)
-    assert detected_after <= 1.0 + 0.5  # heartbeat TTL (interval + grace) plus slack for 2 cores
+    assert detected_after <= 1.0 + 1.5  # heartbeat TTL (interval + grace) plus slack for 2 busy cores
     assert ["victim"] == handled
     assert ("victim",) == found[0].removed
     assert ("survivor",) == registry.health().registered

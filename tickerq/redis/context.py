@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import redis
+
 from tickerq.durations import Duration
 from tickerq.events import EventHub
 from tickerq.options import RedisOptions
@@ -58,7 +60,7 @@ class RedisContext:
         connections.add_close_hook(self.close)
 
     @property
-    def client(self) -> Any:
+    def client(self) -> redis.Redis:
         """The application's redis-py client (owned by the container)."""
         return self.connections.client
 

@@ -6,15 +6,9 @@
 -- not a lease (node = its Redis type).
 -- include: election_lib
 local lease_ms = ARGV[3]
-local kind, node, token, term = read_lease(KEYS[1])
-if kind == 'lease' then
-  if token == ARGV[2] then
-    redis.call('PEXPIRE', KEYS[1], lease_ms)
-    return {1, node, term, tonumber(lease_ms)}
-  end
-  return {0, node, term, lapse_ms(KEYS[1], lease_ms)}
-elseif kind ~= 'none' then
-  return {-1, kind, 0, lapse_ms(KEYS[1], lease_ms)}
+local reply = occupied_reply(KEYS[1], ARGV[2], lease_ms)
+if reply then
+  return reply
 end
 
 local seen = tonumber(ARGV[4])
@@ -29,7 +23,7 @@ if counter == nil or counter < seen then
     return {0, '', seen, tonumber(lease_ms)}
   end
 end
-term = redis.call('INCR', KEYS[2])
+local term = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'token', ARGV[2], 'term', term)
 redis.call('PEXPIRE', KEYS[1], lease_ms)
 return {1, ARGV[1], term, tonumber(lease_ms)}

@@ -32,3 +32,20 @@ local function read_counter(key)
   end
   return tonumber(redis.call('GET', key))
 end
+
+-- The reply when the lease key is occupied: {1, ...} when ``token`` holds it (its TTL is
+-- refreshed), {0, ...} when another node does, {-1, type, ...} when it is not a lease.
+-- Returns nil when the key is free.
+local function occupied_reply(key, token, lease_ms)
+  local kind, node, held_by, term = read_lease(key)
+  if kind == 'lease' then
+    if held_by == token then
+      redis.call('PEXPIRE', key, lease_ms)
+      return {1, node, term, tonumber(lease_ms)}
+    end
+    return {0, node, term, lapse_ms(key, lease_ms)}
+  elseif kind ~= 'none' then
+    return {-1, kind, 0, lapse_ms(key, lease_ms)}
+  end
+  return nil
+end

@@ -5,18 +5,12 @@
 -- Returns {status, node, term, pttl} as election_acquire does.
 -- include: election_lib
 local lease_ms = ARGV[4]
-local kind, node, token, term = read_lease(KEYS[1])
-if kind == 'lease' then
-  if token == ARGV[2] then
-    redis.call('PEXPIRE', KEYS[1], lease_ms)
-    return {1, node, term, tonumber(lease_ms)}
-  end
-  return {0, node, term, lapse_ms(KEYS[1], lease_ms)}
-elseif kind ~= 'none' then
-  return {-1, kind, 0, lapse_ms(KEYS[1], lease_ms)}
+local reply = occupied_reply(KEYS[1], ARGV[2], lease_ms)
+if reply then
+  return reply
 end
 
-term = tonumber(ARGV[3])
+local term = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'token', ARGV[2], 'term', term)
 redis.call('PEXPIRE', KEYS[1], lease_ms)
 -- Terms never go backwards, even when the counter was lost with the rest of the data.
