@@ -52,8 +52,9 @@ def test_threads_and_processes_registering_together_lose_no_node(
     """Twenty threads and three processes registering at the same moment all end up in the registry."""
     start_at = time.time() + 2.0
     processes.extend(spawn(redis_server, f"proc-{i}", 60, 20, start_at) for i in range(3))
+    ttl = timedelta(seconds=60)
     registries = [
-        NodeRegistry(redis_server.client(), Keys("tickerq:"), f"thread-{i}", timedelta(60)) for i in range(20)
+        NodeRegistry(redis_server.client(), Keys("tickerq:"), f"thread-{i}", ttl) for i in range(20)
     ]
 
     def register(registry: NodeRegistry) -> None:

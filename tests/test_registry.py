@@ -11,6 +11,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from tests.conftest import wait_until
 from tickerq.errors import KeyTypeError
 from tickerq.redis.keys import Keys
 from tickerq.redis.registry import NodeRegistry
@@ -174,9 +175,23 @@ def test_instance_names_isolate_apps(redis_server: RedisServer) -> None:
 
 
 def test_heartbeat_expires_after_ttl(redis_server: RedisServer) -> None:
-    """A node that stops beating is dead once its heartbeat TTL passes."""
-    make(redis_server, "short", ttl=0.2).beat()
+    """A node that stops beating is dead once its heartbeat TTL passes, and not before."""
     probe = make(redis_server, "probe")
+    make(redis_server, "short", ttl=1.0).beat()
+    written = time.monotonic()
     assert () == probe.health().dead
-    time.sleep(0.3)
+    wait_until(lambda: probe.health().dead, timeout=5)
+    assert time.monotonic() - written >= 0.9
     assert ("short",) == probe.health().dead
+
+
+def test_scan_restores_members_missing_from_a_rewritten_registry(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """A registry rewritten from outside without a live member gets it back at the next scan."""
+    make(redis_server, "a").beat()
+    make(redis_server, "b").beat()
+    redis_client.set("tickerq:nodes:registry", '["a"]')
+    beat = make(redis_server, "b").beat(scan_lease=timedelta(seconds=5))
+    assert beat.repaired
+    assert ["a", "b"] == orjson.loads(redis_client.get("tickerq:nodes:registry"))

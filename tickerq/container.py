@@ -27,6 +27,7 @@ from tickerq.redis.connection import RedisConnections, open_connections
 from tickerq.redis.context import RedisContext
 from tickerq.redis.election import LeaderElection
 from tickerq.redis.heartbeat import HeartbeatService
+from tickerq.redis.registry import NodeRegistry
 
 __all__ = ["TickerQContainer", "add_tickerq"]
 
@@ -36,11 +37,16 @@ def _heartbeat(
 ) -> HeartbeatService:
     # ``connections`` is taken for the shutdown order (see the module docstring).
     assert context.connections is connections
+    registry = NodeRegistry(connections.heartbeat, context.keys, context.node_id, options.heartbeat_ttl)
     return HeartbeatService(
-        context.registry,
+        registry,
         options.node_heartbeat_interval,
         events,
         retry_interval=options.outage_retry_interval,
+        handlers=context.dead_node_handlers,
+        interrupt=connections.interrupt_heartbeat,
+        on_failure=connections.rediscover,
+        beat_on_start=connections.reachable,
     )
 
 

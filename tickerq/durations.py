@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import threading
 from datetime import timedelta
 
 from tickerq.errors import ConfigurationError
 
 __all__ = ["Duration", "to_milliseconds", "to_timedelta"]
+
+#: The longest duration accepted: threads wait with Event.wait(), which refuses more.
+_LONGEST = float(int(threading.TIMEOUT_MAX))
 
 #: What the public API accepts wherever it takes a duration.
 Duration = timedelta | int | float
@@ -28,18 +32,26 @@ def to_timedelta(value: object, *, field: str, positive: bool = True, allow_zero
     if isinstance(value, timedelta):
         result = value
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise ConfigurationError(f"{field}={value!r} is not a finite number of seconds")
+        if not math.isfinite(value) or abs(value) > _LONGEST:
+            raise _too_long(field, value)
         result = timedelta(seconds=value)
     else:
         raise ConfigurationError(
             f"{field}={value!r} ({type(value).__name__}) is not a duration: "
             "expected a datetime.timedelta or a number of seconds"
         )
+    if result.total_seconds() > _LONGEST:
+        raise _too_long(field, value)
     if positive and (result < timedelta(0) or (result == timedelta(0) and not allow_zero)):
         expected = "zero or more" if allow_zero else "greater than zero"
         raise ConfigurationError(f"{field}={value!r} is not allowed: expected a duration {expected}")
     return result
+
+
+def _too_long(field: str, value: object) -> ConfigurationError:
+    return ConfigurationError(
+        f"{field}={value!r} is not allowed: expected a finite duration of at most {_LONGEST:g} seconds"
+    )
 
 
 def to_milliseconds(value: timedelta) -> int:

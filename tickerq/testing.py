@@ -158,16 +158,23 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with self.client(socket_timeout=0.5, socket_connect_timeout=0.5) as probe:
-                    probe.ping()
-                return self
-            except redis.AuthenticationError:
-                return self
+                if self._answering_pid() == self._process.pid:
+                    return self
+                error = "another process answers on this port"
             except redis.RedisError as exc:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise TickerQError(f"redis-server on port {self.port} did not start: {exc}") from exc
-                time.sleep(0.02)
+                error = str(exc)
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise TickerQError(f"redis-server on port {self.port} did not start: {error}")
+            time.sleep(0.02)
+
+    def _answering_pid(self) -> int | None:
+        """The pid of the server answering on our port (None if it needs a password we lack)."""
+        try:
+            with self.client(socket_timeout=0.5, socket_connect_timeout=0.5) as probe:
+                return int(probe.info("server")["process_id"])
+        except redis.AuthenticationError:
+            return self._process.pid if self._process else None
 
     def stop(self) -> None:
         """Stop the server (resuming it first if paused); data is lost."""

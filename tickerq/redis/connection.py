@@ -10,8 +10,10 @@ not starve. A client passed in by the user is used and never closed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -67,8 +69,8 @@ def _endpoint_kwargs(endpoint: Endpoint) -> dict[str, Any]:
     return {"host": endpoint.host, "port": endpoint.port}
 
 
-def _find_master(settings: ConnectionSettings, kwargs: dict[str, Any]) -> Endpoint:
-    """Of several endpoints, the first that reports itself master (else the first)."""
+def _find_master(settings: ConnectionSettings, kwargs: dict[str, Any]) -> Endpoint | None:
+    """Of several endpoints, the first that reports itself master (None if none does)."""
     if len(settings.endpoints) == 1:
         return settings.endpoints[0]
     for endpoint in settings.endpoints:
@@ -80,8 +82,8 @@ def _find_master(settings: ConnectionSettings, kwargs: dict[str, Any]) -> Endpoi
             continue
         if role and role[0] in (b"master", "master"):
             return endpoint
-    log.warning("none of %s reports itself master; using %s", settings.describe(), settings.endpoints[0])
-    return settings.endpoints[0]
+    log.warning("none of %s reports itself master", settings.describe())
+    return None
 
 
 def derive_pool(
@@ -113,29 +115,54 @@ def derive_pool(
 class RedisConnections:
     """The clients tickerq uses, and which of their pools it must close.
 
-    Use :func:`open_connections` to build one. It is a context manager (the
-    container's Resource): entering checks that Redis answers, exiting runs
-    the close hooks (threads that use the pools stop first) and disconnects
-    the pools tickerq created.
+    Use :func:`open_connections` to build one. Besides the application
+    ``client`` it holds clients on retry-free pools of their own: ``fail_fast``
+    (the cache, and the start-up check), ``watchdog`` (lease renewal) and
+    ``heartbeat`` (one connection, interrupted by :meth:`interrupt_heartbeat`
+    so that stopping never waits on a frozen server). It is a context manager
+    (the container's Resource): entering checks that Redis answers, exiting
+    runs the close hooks (threads that use the pools stop first) and
+    disconnects the pools tickerq created.
+
+    Args:
+        client: The application client.
+        owns_client_pool: Whether ``client``'s pool is ours to disconnect.
+        description: The endpoint(s), password masked, for messages.
+        abort_on_connect_fail: Whether :meth:`check` raises when Redis is down.
+        connect_retry: Retries of the start-up check on refused connections.
+        max_connections: Size of the ``fail_fast`` pool.
+        pool_timeout: How long a caller waits for a pooled connection.
+        find_master: With several endpoints, finds the current master (None
+            when none reports itself master); enables :meth:`rediscover`.
     """
 
     def __init__(
         self,
         *,
         client: redis.Redis,
-        fail_fast: redis.Redis,
-        watchdog: redis.Redis,
-        owned_pools: tuple[redis.ConnectionPool, ...],
+        owns_client_pool: bool,
         description: str,
         abort_on_connect_fail: bool,
+        connect_retry: int = 0,
+        max_connections: int = 50,
+        pool_timeout: float = 5.0,
+        find_master: Callable[[], Endpoint | None] | None = None,
     ) -> None:
         self.client = client
-        self.fail_fast = fail_fast
-        self.watchdog = watchdog
+        template = client.connection_pool
+        derived = [
+            derive_pool(template, max_connections, pool_timeout),
+            derive_pool(template, _WATCHDOG_POOL_SIZE, pool_timeout),
+            derive_pool(template, 1, pool_timeout),
+        ]
+        self.fail_fast, self.watchdog, self.heartbeat = (redis.Redis(connection_pool=p) for p in derived)
+        self._owned_pools = ([template] if owns_client_pool else []) + derived
         self.description = description
         self.abort_on_connect_fail = abort_on_connect_fail
-        self._owned_pools = owned_pools
+        self._connect_retry = connect_retry
+        self._find_master = find_master
         self._close_hooks: list[Callable[[], None]] = []
+        self.reachable = False
         self.closed = False
 
     def add_close_hook(self, hook: Callable[[], None]) -> None:
@@ -143,7 +170,12 @@ class RedisConnections:
         self._close_hooks.append(hook)
 
     def check(self) -> bool:
-        """PING Redis through the application client (with its retries).
+        """PING Redis; refused connections are retried ``connect_retry`` times.
+
+        A timeout is not retried (a frozen server would not answer a retry
+        either), and without ``abort_on_connect_fail`` nothing is retried: the
+        heartbeat keeps trying in the background. So the check costs at most
+        one ``sync_timeout`` plus the short backoffs.
 
         Returns:
             True when Redis answered.
@@ -152,20 +184,66 @@ class RedisConnections:
             ConnectionFailedError: Redis did not answer and
                 ``abort_on_connect_fail`` is set; names the endpoint and reason.
         """
-        try:
-            self.client.ping()
-        except redis.RedisError as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            if self.abort_on_connect_fail:
-                raise ConnectionFailedError(
-                    f"cannot connect to Redis at {self.description}: {reason} "
-                    "(set abort_on_connect_fail=False to start anyway and connect when Redis is up)"
-                ) from exc
-            log.warning(
-                "Redis at %s is not reachable yet (%s); retrying in the background", self.description, reason
-            )
+        attempts = 1 + (self._connect_retry if self.abort_on_connect_fail else 0)
+        for attempt in range(attempts):
+            try:
+                self.fail_fast.ping()
+            except redis.RedisError as exc:
+                error = exc
+                retryable = isinstance(exc, redis.ConnectionError) and not isinstance(
+                    exc, redis.AuthenticationError
+                )
+                if not retryable or attempt + 1 == attempts:
+                    break
+                time.sleep(min(0.5, 0.05 * 2**attempt))
+            else:
+                self.reachable = True
+                return True
+        reason = f"{type(error).__name__}: {error}"
+        if self.abort_on_connect_fail:
+            raise ConnectionFailedError(
+                f"cannot connect to Redis at {self.description}: {reason} "
+                "(set abort_on_connect_fail=False to start anyway and connect when Redis is up)"
+            ) from error
+        log.warning(
+            "Redis at %s is not reachable yet (%s); retrying in the background", self.description, reason
+        )
+        return False
+
+    def rediscover(self) -> bool:
+        """With several endpoints, find the master again and repoint every pool to it.
+
+        Called by the heartbeat when Redis calls fail, so a node follows a
+        failover by itself. Does nothing for one endpoint, Sentinel (which
+        follows failovers itself) or a client given by the user.
+
+        Returns:
+            True when the master moved and the pools were repointed.
+        """
+        if self._find_master is None or self.closed:
             return False
+        endpoint = self._find_master()
+        current = self.client.connection_pool.connection_kwargs
+        if (
+            endpoint is None
+            or endpoint.host is None
+            or (current.get("host"), current.get("port"))
+            == (
+                endpoint.host,
+                endpoint.port,
+            )
+        ):
+            return False
+        log.warning("the Redis master moved to %s; reconnecting there", endpoint)
+        for pool in self._owned_pools:
+            pool.connection_kwargs.update(host=endpoint.host, port=endpoint.port)
+            pool.disconnect()
+            pool.reset()  # drop the Connection objects: they keep their own host and port
         return True
+
+    def interrupt_heartbeat(self) -> None:
+        """Close the heartbeat's connection, waking a thread blocked on a frozen server."""
+        self.heartbeat.connection_pool.disconnect()
 
     def close(self) -> None:
         """Run the close hooks, then disconnect the pools tickerq created. Idempotent."""
@@ -203,25 +281,28 @@ def open_connections(options: RedisOptions | None) -> RedisConnections:
         raise ConfigurationError(
             "Redis is not configured: call options.add_redis(...) in the add_tickerq callback"
         )
+    common: dict[str, Any] = {
+        "abort_on_connect_fail": options.abort_on_connect_fail,
+        "connect_retry": options.connect_retry,
+        "max_connections": options.max_connections,
+        "pool_timeout": options.pool_timeout.total_seconds(),
+    }
     if options.client is not None:
-        user_pool = options.client.connection_pool
-        wait = options.pool_timeout.total_seconds()
-        fail_fast_pool = derive_pool(user_pool, options.max_connections, wait)
-        watchdog_pool = derive_pool(user_pool, _WATCHDOG_POOL_SIZE, wait)
         return RedisConnections(
             client=options.client,
-            fail_fast=redis.Redis(connection_pool=fail_fast_pool),
-            watchdog=redis.Redis(connection_pool=watchdog_pool),
-            owned_pools=(fail_fast_pool, watchdog_pool),
-            description=f"the given client ({user_pool!r})",
-            abort_on_connect_fail=options.abort_on_connect_fail,
+            owns_client_pool=False,
+            description=f"the given client ({options.client.connection_pool!r})",
+            **common,
         )
     assert options.configuration is not None  # checked by TickerQOptions.frozen_copy
     settings = parse_configuration(options.configuration)
     kwargs = _connection_kwargs(settings, options)
     retries = options.connect_retry if settings.connect_retry is None else settings.connect_retry
-    abort = options.abort_on_connect_fail if settings.abort_connect is None else settings.abort_connect
+    common["connect_retry"] = retries
+    if settings.abort_connect is not None:
+        common["abort_on_connect_fail"] = settings.abort_connect
     pool: redis.ConnectionPool
+    find_master: Callable[[], Endpoint | None] | None = None
     if settings.service_name is not None:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             [(e.host, e.port) for e in settings.endpoints],
@@ -238,21 +319,19 @@ def open_connections(options: RedisOptions | None) -> RedisConnections:
             **kwargs,
         )
     else:
-        endpoint = _find_master(settings, kwargs)
+        endpoint = _find_master(settings, kwargs) or settings.endpoints[0]
+        if len(settings.endpoints) > 1:
+            find_master = functools.partial(_find_master, settings, kwargs)
         pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
             max_connections=options.max_connections,
             timeout=options.pool_timeout.total_seconds(),
             retry=_retry(retries),
             **{**kwargs, **_endpoint_kwargs(endpoint)},
         )
-    wait = options.pool_timeout.total_seconds()
-    fail_fast_pool = derive_pool(pool, options.max_connections, wait)
-    watchdog_pool = derive_pool(pool, _WATCHDOG_POOL_SIZE, wait)
     return RedisConnections(
         client=redis.Redis(connection_pool=pool),
-        fail_fast=redis.Redis(connection_pool=fail_fast_pool),
-        watchdog=redis.Redis(connection_pool=watchdog_pool),
-        owned_pools=(pool, fail_fast_pool, watchdog_pool),
+        owns_client_pool=True,
         description=settings.describe(),
-        abort_on_connect_fail=abort,
+        find_master=find_master,
+        **common,
     )

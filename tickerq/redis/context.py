@@ -11,9 +11,10 @@ context closes (or, at the latest, when its connections close).
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis
 
@@ -23,6 +24,7 @@ from tickerq.options import RedisOptions
 from tickerq.redis.cache import DistributedCache
 from tickerq.redis.connection import RedisConnections
 from tickerq.redis.election import LeaderElection
+from tickerq.redis.heartbeat import DeadNodeHandler
 from tickerq.redis.keys import Keys
 from tickerq.redis.lock import Lease, Lock, LockManager
 from tickerq.redis.registry import NodeHealthStatus, NodeRegistry
@@ -51,11 +53,14 @@ class RedisContext:
         self.events = events
         self.keys = Keys(options.instance_name)
         self.registry = NodeRegistry(connections.client, self.keys, node_id, options.heartbeat_ttl)
+        self.dead_node_handlers: list[DeadNodeHandler] = []
         self._cache = DistributedCache(
             connections.fail_fast, self.keys, operation_timeout=options.sync_timeout
         )
         self._locks = LockManager(connections.client, connections.watchdog, self.keys, node_id)
-        self._elections: list[LeaderElection] = []
+        # Weak: an observer created per request must not pile up; a running
+        # election is kept alive by its own thread.
+        self._elections: weakref.WeakSet[LeaderElection] = weakref.WeakSet()
         self._elections_lock = threading.Lock()
         connections.add_close_hook(self.close)
 
@@ -86,6 +91,17 @@ class RedisContext:
     def get_node_health(self) -> NodeHealthStatus:
         """Total, dead and healthy node counts, with the ids behind them."""
         return self.registry.health()
+
+    def add_dead_node_handler(self, handler: DeadNodeHandler) -> None:
+        """Call ``handler(node_id)`` for each dead node this node's heartbeat scan finds.
+
+        Register handlers before ``init_resources()`` (resolving the context
+        starts nothing) or right after it: the first heartbeat never scans. A
+        node is removed from the registry only when every handler returned
+        without raising; otherwise a later scan offers it again. Handlers must
+        be idempotent: two nodes may handle the same dead node.
+        """
+        self.dead_node_handlers.append(handler)
 
     def remove_nodes(self, node_ids: Iterable[str]) -> list[str]:
         """Atomically drop nodes from the registry, but only those still without a heartbeat.
@@ -145,22 +161,48 @@ class RedisContext:
             reentrant=reentrant,
         )
 
-    def leader_election(self, name: str, **kwargs: Any) -> LeaderElection:
+    def leader_election(
+        self,
+        name: str,
+        *,
+        lease: Duration = timedelta(seconds=15),
+        renew_deadline: Duration = timedelta(seconds=10),
+        retry_period: Duration = timedelta(seconds=2),
+        on_elected: Callable[[int, threading.Event], None] | None = None,
+        on_demoted: Callable[[int], None] | None = None,
+        on_new_leader: Callable[[str | None], None] | None = None,
+    ) -> LeaderElection:
         """A leader election among the nodes; see :class:`tickerq.redis.election.LeaderElection`.
 
-        The election is stopped when the container shuts down.
+        Nothing runs until ``start()``; an election never started only observes
+        (``leader()``). Elections still alive when the context closes are stopped.
+
+        Raises:
+            ConfigurationError: The timings do not satisfy
+                ``lease > renew_deadline > 1.2 x retry_period``.
         """
         election = LeaderElection(
-            self.connections.client, self.keys, self.node_id, name, events=self.events, **kwargs
+            self.connections.client,
+            self.keys,
+            self.node_id,
+            name,
+            lease=lease,
+            renew_deadline=renew_deadline,
+            retry_period=retry_period,
+            on_elected=on_elected,
+            on_demoted=on_demoted,
+            on_new_leader=on_new_leader,
+            events=self.events,
         )
         with self._elections_lock:
-            self._elections.append(election)
+            self._elections.add(election)
         return election
 
     def close(self) -> None:
         """Stop the lock watchdog and every election started from this context."""
         with self._elections_lock:
-            elections, self._elections = self._elections, []
+            elections = list(self._elections)
+            self._elections.clear()
         for election in elections:
             election.stop()
         self._locks.close()

@@ -6,6 +6,9 @@ reply, hands each to the dead-node handlers (the scheduler registers "release
 this node's jobs"), and drops from the registry those whose handlers all
 succeeded. A lease can lapse, so two nodes may handle the same dead node at
 once: handlers must be idempotent.
+
+The first beat, written by :meth:`HeartbeatService.start`, never scans: handlers
+registered right after start-up still see the nodes that died before it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from types import TracebackType
 
-from tickerq.errors import KeyTypeError, RedisUnavailableError
+import redis
+
+from tickerq.errors import TickerQError
 from tickerq.events import EventHub, NodeHeartbeat, NodesDead
 from tickerq.redis.outage import OutageTracker
 from tickerq.redis.registry import Beat, NodeRegistry
@@ -33,6 +38,9 @@ DeadNodeHandler = Callable[[str], object]
 #: to beat in each interval finds it free.
 _SCAN_LEASE_FRACTION = 0.8
 
+#: How long stop() lets a tick in flight finish before it interrupts it.
+_GRACEFUL_STOP = 0.05
+
 
 class HeartbeatService:
     """Runs :meth:`NodeRegistry.beat` every interval on a daemon thread.
@@ -41,11 +49,18 @@ class HeartbeatService:
     :meth:`start` and :meth:`stop`.
 
     Args:
-        registry: The node registry to beat into.
+        registry: The node registry to beat into (on a client of its own: a
+            tick in flight may be interrupted by ``stop()``).
         interval: Time between heartbeats.
         events: Where ``NodeHeartbeat`` and ``NodesDead`` are published.
         retry_interval: Time between attempts while Redis is unavailable
             (never longer than ``interval``).
+        handlers: The dead-node handlers, shared with whoever registers them
+            (the container shares the context's list).
+        interrupt: Called by ``stop()`` to wake a tick blocked on a frozen
+            server (closes the heartbeat's connection).
+        on_failure: Called after a failed tick (e.g. to look for a new master).
+        beat_on_start: Whether ``start()`` writes the first heartbeat itself.
     """
 
     def __init__(
@@ -55,13 +70,20 @@ class HeartbeatService:
         events: EventHub,
         *,
         retry_interval: timedelta = timedelta(seconds=5),
+        handlers: list[DeadNodeHandler] | None = None,
+        interrupt: Callable[[], object] | None = None,
+        on_failure: Callable[[], object] | None = None,
+        beat_on_start: bool = True,
     ) -> None:
         self.registry = registry
         self.interval = interval.total_seconds()
         self.retry_interval = min(retry_interval.total_seconds(), self.interval)
         self._scan_lease = interval * _SCAN_LEASE_FRACTION
         self._events = events
-        self._handlers: list[DeadNodeHandler] = []
+        self._handlers = handlers if handlers is not None else []
+        self._interrupt = interrupt
+        self._on_failure = on_failure
+        self._beat_on_start = beat_on_start
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -89,50 +111,67 @@ class HeartbeatService:
         if self.running:
             return
         self._pid = os.getpid()
-        self._stop = threading.Event()
-        self.tick()
-        self._thread = threading.Thread(target=self._run, name="tickerq-heartbeat", daemon=True)
+        self._stop = stop = threading.Event()
+        delay = self.interval
+        if self._beat_on_start and not self.tick(scan=False):
+            delay = self.retry_interval
+        self._thread = threading.Thread(
+            target=self._run, args=(stop, delay), name="tickerq-heartbeat", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout: float = 1.0) -> None:
-        """Stop the thread and wait up to ``timeout`` seconds for it. Safe to call twice."""
+        """Stop the thread within ``timeout`` seconds, even mid-tick. Safe to call twice.
+
+        A tick still waiting on Redis after a moment is interrupted by closing
+        its connection.
+        """
         self._stop.set()
         thread, self._thread = self._thread, None
-        if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
-            thread.join(timeout)
+        if thread is None or self._pid != os.getpid() or thread is threading.current_thread():
+            return
+        thread.join(min(timeout, _GRACEFUL_STOP))
+        if thread.is_alive() and self._interrupt is not None:
+            self._interrupt()
+        thread.join(max(0.0, timeout - _GRACEFUL_STOP))
+        if thread.is_alive():
+            log.warning(
+                "the heartbeat thread did not stop within %.1f s; it is a daemon and will not beat", timeout
+            )
 
-    def tick(self) -> bool:
-        """One heartbeat (and scan, if this node gets the lease). Never raises.
+    def tick(self, scan: bool = True) -> bool:
+        """One heartbeat (and scan, if ``scan`` and this node gets the lease). Never raises.
 
         Returns:
             True when Redis answered.
         """
         try:
-            beat = self.registry.beat(self._scan_lease)
-        except (RedisUnavailableError, KeyTypeError) as exc:
-            self._outage.failed(exc)
+            beat = self.registry.beat(self._scan_lease if scan else None)
+            self._outage.succeeded()
+            self.last_beat = beat
+            self._events.publish(
+                NodeHeartbeat(
+                    node=self.registry.node_id, timestamp_ms=beat.timestamp_ms, registered=beat.registered
+                )
+            )
+            if beat.dead:
+                self._handle_dead(beat.dead)
+        except Exception as exc:  # a tick never ends the thread: every failure is ridden out
+            self._failed(exc)
             return False
-        except Exception:
-            log.exception("heartbeat failed unexpectedly")
-            return False
-        self._outage.succeeded()
-        self.last_beat = beat
-        node = self.registry.node_id
-        self._events.publish(
-            NodeHeartbeat(node=node, timestamp_ms=beat.timestamp_ms, registered=beat.registered)
-        )
-        if beat.dead:
-            self._handle_dead(beat.dead)
         return True
+
+    def _failed(self, exc: Exception) -> None:
+        self._outage.failed(exc, unexpected=not isinstance(exc, TickerQError | redis.RedisError))
+        if self._on_failure is not None:
+            try:
+                self._on_failure()
+            except Exception:
+                log.debug("heartbeat failure hook failed", exc_info=True)
 
     def _handle_dead(self, dead: tuple[str, ...]) -> None:
         handled = [node for node in dead if self._run_handlers(node)]
-        removed: list[str] = []
-        if handled:
-            try:
-                removed = self.registry.remove(handled)
-            except (RedisUnavailableError, KeyTypeError) as exc:
-                self._outage.failed(exc)
+        removed = self.registry.remove(handled) if handled else []
         log.info(
             "dead nodes found: %s; removed from the registry: %s",
             ", ".join(dead),
@@ -142,7 +181,7 @@ class HeartbeatService:
 
     def _run_handlers(self, node: str) -> bool:
         ok = True
-        for handler in self._handlers:
+        for handler in list(self._handlers):
             try:
                 handler(node)
             except Exception:
@@ -150,11 +189,10 @@ class HeartbeatService:
                 ok = False
         return ok
 
-    def _run(self) -> None:
-        delay = self.retry_interval if self._outage.in_outage else self.interval
-        while not self._stop.wait(delay):
-            ok = self.tick()
-            delay = self.interval if ok else self.retry_interval
+    def _run(self, stop: threading.Event, delay: float) -> None:
+        # ``stop`` is this thread's own event: a later start() gets a new one.
+        while not stop.wait(delay):
+            delay = self.interval if self.tick() else self.retry_interval
 
     def __enter__(self) -> HeartbeatService:
         self.start()

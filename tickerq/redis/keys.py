@@ -72,8 +72,18 @@ class Keys:
         return f"{self.instance}tq:cache-lock:{key}"
 
     def lock(self, name: str) -> str:
-        """``{instance}lock:{name}``: a distributed lock's owner token."""
+        """``{instance}lock:{name}``: a distributed lock's owner token.
+
+        Raises:
+            InvalidKeyError: The name is empty, or ends in ``:fence`` (it would be
+                another lock's fence counter).
+        """
         check_user_key("name", name)
+        if name.endswith(":fence"):
+            raise InvalidKeyError(
+                f"name={name!r} ends in ':fence', which would collide with the fence counter "
+                f"of lock {name.removesuffix(':fence')!r}: choose another lock name"
+            )
         return f"{self.instance}lock:{name}"
 
     def lock_fence(self, name: str) -> str:

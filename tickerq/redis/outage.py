@@ -30,11 +30,22 @@ class OutageTracker:
         """True between a failure and the next success."""
         return self._since is not None
 
-    def failed(self, error: BaseException) -> None:
-        """Record a failure; only the first of an outage is logged as a warning."""
+    def failed(self, error: BaseException, *, unexpected: bool = False) -> None:
+        """Record a failure; only the first of an outage is logged as a warning.
+
+        Args:
+            error: What failed.
+            unexpected: Not a Redis error: the first one is logged with its traceback.
+        """
         if self._since is None:
             self._since = time.monotonic()
-            self._log.warning("%s: Redis unavailable, will keep retrying: %s", self.source, error)
+            self._log.warning(
+                "%s: Redis unavailable or failing, will keep retrying: %s: %s",
+                self.source,
+                type(error).__name__,
+                error,
+                exc_info=error if unexpected else None,
+            )
             if self._events is not None:
                 self._events.publish(RedisConnectionLost(source=self.source, error=str(error)))
         else:

@@ -157,7 +157,7 @@ class NodeRegistry:
         with translate_errors("remove_nodes"):
             removed = _REMOVE(
                 self._client,
-                [keys.registry, keys.node_index],
-                [keys.heartbeat_prefix, self._registry_ttl_ms, *ids],
+                [keys.registry, keys.node_index, *(keys.heartbeat(node) for node in ids)],
+                [self._registry_ttl_ms, *ids],
             )
         return [_text(node) for node in removed]

@@ -45,6 +45,11 @@ if tonumber(ARGV[4]) > 0 and redis.call('SET', KEYS[4], node, 'NX', 'PX', ARGV[4
   if status == 'corrupt' then
     repaired = 1
     ids = rebuild(KEYS[2], KEYS[3], {}, ARGV[3])
+  elseif #ids ~= redis.call('SCARD', KEYS[3]) then
+    -- Rewritten from outside (an operator, another client): members the index
+    -- knows are missing. Merge them back, or they would never be seen as dead.
+    repaired = 1
+    ids = rebuild(KEYS[2], KEYS[3], ids, ARGV[3])
   end
   dead = dead_among(ids, ARGV[5])
 end

@@ -1,6 +1,6 @@
 -- Drop nodes from the registry, but only those still without a heartbeat now.
--- KEYS: 1 registry, 2 node index (set)
--- ARGV: 1 heartbeat key prefix, 2 registry TTL ms, 3.. node ids
+-- KEYS: 1 registry, 2 node index (set), 3.. the nodes' heartbeat keys
+-- ARGV: 1 registry TTL ms, 2.. node ids (in the order of their heartbeat keys)
 -- Returns the ids removed.
 -- include: nodes_lib
 local _, bad = check_types({{KEYS[1], 'string'}, {KEYS[2], 'set'}})
@@ -9,9 +9,9 @@ if bad then
 end
 local remove = {}
 local removed = {}
-for i = 3, #ARGV do
+for i = 2, #ARGV do
   local id = ARGV[i]
-  if not remove[id] and redis.call('EXISTS', ARGV[1] .. id) == 0 then
+  if not remove[id] and redis.call('EXISTS', KEYS[i + 1]) == 0 then
     remove[id] = true
     removed[#removed + 1] = id
     redis.call('SREM', KEYS[2], id)
@@ -35,7 +35,7 @@ for _, id in ipairs(ids) do
 end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl <= 0 then
-  ttl = ARGV[2]
+  ttl = ARGV[1]
 end
 redis.call('SET', KEYS[1], encode_ids(kept), 'PX', ttl)
 return removed
