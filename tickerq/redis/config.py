@@ -5,6 +5,41 @@ Two notations are accepted: StackExchange.Redis option strings
 (``redis://``, ``rediss://``, ``unix://``). Everything here is pure: nothing opens a
 socket or resolves a name. A password never reaches a repr, ``describe()`` or an
 error message.
+
+Passwords that contain separators
+---------------------------------
+In an option string a value runs to the next ``,`` or ``;``, as in StackExchange.Redis,
+so a password containing one of them cannot be written there: use a URL and
+percent-encode it (``redis://:a%2Cb@host``). When one is written anyway, what follows
+the separator is read as tokens of its own. To keep that tail out of endpoints,
+``describe()``, logs and messages:
+
+* An endpoint written as a bare token (``host:port``) must come before ``password=``.
+  A bare token after a ``password=`` is rejected with a :class:`ConfigurationError`
+  that does not show it (``server=host:port`` may still follow). StackExchange.Redis
+  would take it as an endpoint; we refuse, because it may be the password's tail.
+* A ``name=value`` token after it is read as an option, as StackExchange.Redis does.
+  The value of an unknown option is never shown, and its name only when it looks like
+  an option name (a letter or ``_``, then letters, digits, ``_``, ``.``, ``-``).
+* An endpoint containing ``@`` (say a URL with a mistyped scheme) is never shown.
+
+In a URL the userinfo ends at the first ``/``, ``?`` or ``#`` (as in redis-py), so those,
+and ``@``, must be percent-encoded in a password. An ``@`` after the host -- in the
+path, query or fragment -- is the mark of a password that was not
+(``redis://:pa/ss@host`` reads as host ``""``, port ``pa``, db ``ss@host``). So when
+the authority also has a ``:`` (a password or a port) such a URL is rejected, even
+where redis-py would accept it: write an ``@`` after the host as ``%40``
+(``?password=p%40ss``). Without a ``:`` it is parsed, but an error about it shows no
+part of the URL. A query item without ``=`` that follows ``password=`` (the tail of a
+password holding ``&``) is not shown either.
+
+What remains is text in a password that reads as an option: ``,name=value`` (``&`` in
+a URL query) shows ``name`` in the "unknown option" error, or sets the option when
+``name`` is a known one.
+
+:func:`mask_configuration` errs the other way: a ``password=`` value is hidden up to
+the next separator that starts a known option (so an unknown tail is hidden too), and
+a URL's userinfo password up to the *last* ``@`` of the text.
 """
 
 from __future__ import annotations
@@ -14,7 +49,7 @@ import re
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
-from urllib.parse import unquote, unquote_plus, urlsplit
+from urllib.parse import SplitResult, unquote, unquote_plus, urlsplit
 
 import attrs
 
@@ -31,10 +66,14 @@ _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _NUMBER_RE = re.compile(r"[+-]?[0-9]+")
 # Masking errs on the side of hiding too much: the URL userinfo runs to the *last* '@'
-# so an unencoded '/' or '?' inside a password cannot expose its tail.
-_URL_USERINFO_RE = re.compile(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*:)(.+)(@)", re.DOTALL)
-_URL_PASSWORD_RE = re.compile(r"([?&]\s*password\s*=)[^&#]*", re.IGNORECASE)
-_PAIRS_PASSWORD_RE = re.compile(r"((?:^|[,;])\s*password\s*=)[^,;]*", re.IGNORECASE)
+# so an unencoded '/', '?' or '#' inside a password cannot expose its tail. The user
+# name may hold an '@' (urllib splits at the last one), and "redis:/" is forgiven.
+_URL_USERINFO_RE = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*:/+[^:/?#]*:(.+)@", re.DOTALL)
+_PAIRS_KEY_RE = re.compile(r"(?:^|[,;])([^,;=]*)=")
+_URL_KEY_RE = re.compile(r"[?&]([^?&=]*)=")
+# An option name that may be echoed in an error; anything else may be password material.
+_SHOWN_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+_UNSAFE_URL_CHARS = str.maketrans("", "", "\t\r\n")  # removed by urlsplit
 
 
 def _check_port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -144,11 +183,56 @@ def mask_configuration(text: str) -> str:
     """Return ``text`` with every password value replaced by ``***``.
 
     Covers ``password=`` options (both notations) and the password in a URL's
-    ``user:password@``. It may hide a little more than the password, never less.
+    ``user:password@``. It may hide a little more than the password, never less: a
+    ``password=`` value is hidden up to the next separator that starts a known option,
+    a URL's userinfo password up to the last ``@`` of the text.
     """
-    text = _URL_USERINFO_RE.sub(rf"\g<1>{_MASK}\g<3>", text)
-    text = _URL_PASSWORD_RE.sub(rf"\g<1>{_MASK}", text)
-    return _PAIRS_PASSWORD_RE.sub(rf"\g<1>{_MASK}", text)
+    spans: list[tuple[int, int]] = []
+    userinfo = _URL_USERINFO_RE.match(text)
+    if userinfo is not None:
+        spans.append(userinfo.span(1))
+    spans += _password_spans(text, _PAIRS_KEY_RE, ",;", {*_PAIR_OPTIONS, *_ENDPOINT_KEYS})
+    spans += _password_spans(text, _URL_KEY_RE, "&", set(_URL_OPTIONS))
+    masked: list[str] = []
+    end = 0
+    for start, stop in _merged(spans):
+        masked += [text[end:start], _MASK]
+        end = stop
+    return "".join([*masked, text[end:]])
+
+
+def _option_name(key: str) -> str:
+    """The option name ``key`` stands for, as leniently as either notation reads it."""
+    return unquote_plus(key.translate(_UNSAFE_URL_CHARS)).strip().lower()
+
+
+def _password_spans(
+    text: str, key_re: re.Pattern[str], separators: str, known: set[str]
+) -> list[tuple[int, int]]:
+    """Where the ``password=`` values are: each runs to the next separator before a known option."""
+    spans = []
+    for match in key_re.finditer(text):
+        if _option_name(match.group(1)) != "password":
+            continue
+        stop = len(text)
+        for index in range(match.end(), len(text)):
+            if text[index] in separators:
+                following = key_re.match(text, index)
+                if following is not None and _option_name(following.group(1)) in known:
+                    stop = index
+                    break
+        spans.append((match.end(), stop))
+    return spans
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, stop in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(stop, merged[-1][1]))
+        else:
+            merged.append((start, stop))
+    return merged
 
 
 def parse_configuration(text: str) -> ConnectionSettings:
@@ -230,12 +314,19 @@ def _apply_option(fields: dict[str, Any], key: str, value: str, table: dict[str,
     option = table.get(key.lower())
     if option is None:
         known = ", ".join(sorted({o[0] for o in table.values()}, key=str.lower))
-        # The value is not echoed: a misspelt "pasword=" would otherwise leak it.
-        raise ConfigurationError(f"unknown option {key!r} (value not shown): expected one of {known}")
+        # The value is never echoed: a misspelt "pasword=" would otherwise leak it. Nor is
+        # a name unlike an option name: it may be the tail of a password holding ',' or '&'.
+        what = f"{key!r} (value not shown)" if _SHOWN_NAME_RE.fullmatch(key) else "(name and value not shown)"
+        raise ConfigurationError(f"unknown option {what}: expected one of {known}")
     fields[option[1]] = option[2](key, value)
 
 
 def _parse_host_port(token: str, *, label: str) -> tuple[str, int | None]:
+    if "@" in token:  # Never a host; perhaps a URL with a mistyped scheme, password and all.
+        raise ConfigurationError(
+            f"{label} (not shown: it contains '@' and may hold a password) is not host[:port]: "
+            "expected e.g. 'localhost:6379', or a URL starting redis://, rediss:// or unix://"
+        )
     where = f"{label} {token!r}"
     port_text: str | None
     if token.startswith("["):
@@ -273,10 +364,17 @@ def _settings(hosts: list[tuple[str, int | None]], fields: dict[str, Any]) -> Co
 def _parse_pairs(text: str) -> ConnectionSettings:
     hosts: list[tuple[str, int | None]] = []
     fields: dict[str, Any] = {}
+    after_password = False
     for token in re.split(r"[,;]", text):
         key, equals, value = token.strip().partition("=")
         key, value = key.strip(), value.strip()
         if not equals:
+            if key and after_password:
+                raise ConfigurationError(
+                    "an endpoint follows 'password=' (not shown: it may be the rest of a password "
+                    "containing ',' or ';'): expected endpoints before 'password=', or 'server=host:port'; "
+                    "a password with ',' or ';' needs a URL, percent-encoded, e.g. 'redis://:a%2Cb@host'"
+                )
             if key:
                 hosts.append(_parse_host_port(key, label="endpoint"))
         elif not key:
@@ -285,6 +383,7 @@ def _parse_pairs(text: str) -> ConnectionSettings:
             hosts.append(_parse_host_port(value, label=f"option {key!r}"))
         else:
             _apply_option(fields, key, value, _PAIR_OPTIONS)
+            after_password = after_password or key.lower() == "password"
     if not hosts:
         raise ConfigurationError(f"no endpoint in {mask_configuration(text)!r}: expected host[:port]")
     return _settings(hosts, fields)
@@ -298,14 +397,38 @@ def _parse_url(text: str) -> ConnectionSettings:
         raise ConfigurationError(
             f"URL {mask_configuration(text)!r} is malformed: expected a valid URL"
         ) from None
+    # An '@' after the host is the mark of a userinfo cut short by a '/', '?' or '#' in
+    # the password, whose pieces are now in the host, port, path or query.
+    at_after_host = "@" in url.path + url.query + url.fragment
+    if not (at_after_host and _URL_USERINFO_RE.match(text)):  # no ':' before it: no password
+        try:
+            return _parse_url_parts(url)
+        except ConfigurationError:
+            if not at_after_host:
+                raise
+    # Raised outside the handler, so the detailed message is not kept as __context__.
+    raise ConfigurationError(
+        f"{url.scheme} URL (not shown) is ambiguous or not valid: it has an '@' after the host, so "
+        "a password may hold an unencoded '/', '?' or '#'; expected "
+        f"{url.scheme}://[user][:password]@host[:port][/db][?name=value&...] with '/', '?', '#' "
+        "and '@' percent-encoded in the user name and password, and any '@' after the host as %40"
+    )
+
+
+def _parse_url_parts(url: SplitResult) -> ConnectionSettings:
     if url.fragment:
         raise ConfigurationError(f"URL has a '#' fragment: expected {url.scheme}://...[?name=value&...]")
     fields: dict[str, Any] = {}
+    after_password = False
     for item in filter(None, url.query.split("&")):
         key, equals, value = item.partition("=")
+        key = unquote_plus(key).strip()
         if not equals:
-            raise ConfigurationError(f"URL query item {unquote_plus(key)!r} has no '=': expected name=value")
-        _apply_option(fields, unquote_plus(key).strip(), unquote_plus(value).strip(), _URL_OPTIONS)
+            # After password=, it may be the rest of a password holding an unencoded '&'.
+            shown = f"{key!r}" if _SHOWN_NAME_RE.fullmatch(key) and not after_password else "(not shown)"
+            raise ConfigurationError(f"URL query item {shown} has no '=': expected name=value")
+        _apply_option(fields, key, unquote_plus(value).strip(), _URL_OPTIONS)
+        after_password = after_password or key.lower() == "password"
     userinfo, _, hostport = url.netloc.rpartition("@")
     user, _, password = userinfo.partition(":")
     if user:  # As in redis-py, credentials in the URL win over query options.
