@@ -1,18 +1,32 @@
 """Leader election: one node at a time leads, on a Kubernetes-style lease in Redis.
 
 The lease and its scripts are in :mod:`tickerq.redis.election_lease`. The term
-increases at every new leadership so it can be passed on as a fence. When Redis
-loses its data, a candidate that has seen the last term keeps the lease vacant
-for one lease (the old leader demotes meanwhile) and the terms go on from there;
-a node that started after the loss cannot tell, which is a known limit.
+increases at every new leadership so it can be passed on as a fence.
 
 Why at most one node believes it leads: a renewal sets the TTL when Redis runs
 it, after the request was sent; the leader believes it leads only until
 ``renew_deadline`` after sending its last successful renewal, by its monotonic
 clock. Since ``renew_deadline < lease``, its belief ends before the lease can
 lapse in Redis and another node can take it (the difference absorbs clock-rate
-drift). ``is_leader`` checks that clock itself, so it turns False on time even
-while the election thread waits on Redis.
+drift and scheduling delays). ``is_leader`` checks that clock itself, and a
+timer thread of each leadership sets ``stop_event`` at that deadline, so both
+end on time whatever the election thread is waiting on (a Redis call that
+hangs). ``on_demoted`` and ``LeadershipLost`` are queued at that moment and
+delivered once the callbacks queued before them have returned.
+
+Limit, Redis losing its data: after a restart without persistence, or a
+failover to a replica that had not caught up, the term counter may restart.
+A node that never saw the old terms can then be elected at term 1 while the
+old leader still believes it leads, say, term 5: both believe they lead until
+the old leader's next renewal, at most one retry period later (or until its
+renew deadline, if it cannot reach Redis). That renewal finds the lower term,
+demotes the old leader and keeps the lease vacant for one lease, so the new
+leader demotes at its own next renewal, and the terms go on above 5; a
+resource that checks the term as a fence rejects the lower term meanwhile. A
+candidate that saw the old terms notices the loss itself and keeps the lease
+vacant before anyone is elected. Where strict fencing matters, run Redis with
+persistence: ``appendonly yes``, with ``appendfsync always`` to lose no
+acknowledged write.
 """
 
 from __future__ import annotations
@@ -32,7 +46,14 @@ import redis
 
 from tickerq.durations import Duration, to_milliseconds
 from tickerq.errors import KeyTypeError, RedisUnavailableError
-from tickerq.events import EventHub, LeaderChanged, LeadershipAcquired, LeadershipLost
+from tickerq.events import (
+    EventHub,
+    LeaderChanged,
+    LeadershipAcquired,
+    LeadershipLost,
+    RedisConnectionLost,
+    RedisConnectionRestored,
+)
 from tickerq.redis.callbacks import CallbackThread
 from tickerq.redis.election_lease import ElectionLease, LeaseReply, LeaseTimings, Status, dedicated_client
 from tickerq.redis.keys import Keys, check_user_key
@@ -45,8 +66,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: The election thread's Redis calls give up after min(retry_period, this), so it
-#: demotes on time and ``stop()`` stays fast even while Redis hangs.
+#: stays responsive and ``stop()`` stays fast even while Redis hangs.
 _MAX_CALL_TIMEOUT = 0.5
+
+#: A call slower than this (s) shows Redis slow: once stopping, the final
+#: release is then skipped (the lease lapses by itself), so ``stop()`` returns
+#: within one call timeout plus this even when Redis hangs.
+_SLOW_CALL = 0.1
 
 
 class LeaderElection:
@@ -57,10 +83,15 @@ class LeaderElection:
     it, a daemon thread ``tickerq-election-{name}`` campaigns every
     ``retry_period`` (a candidate whose current leader's lease is about to lapse
     tries again just after it lapses) and, while leading, renews every
-    ``retry_period``. Callbacks run in order on a second daemon thread,
+    ``retry_period``. While this node leads, a daemon thread
+    ``tickerq-election-{name}-deadline`` ends the leadership at its renew
+    deadline, even while the election thread waits on Redis.
+
+    Callbacks and events run in order on a daemon thread of their own,
     ``tickerq-election-{name}-callbacks``, never on the renewing thread; one
     that raises is logged. A long ``on_elected`` (one that works until
-    ``stop_event`` is set) delays the callbacks queued after it.
+    ``stop_event`` is set) delays what is queued after it, but not
+    ``stop_event``, which is set on time.
 
     The election thread uses a small pool of its own that connects like
     ``client`` but gives up a call after ``min(retry_period, 0.5 s)`` and never
@@ -77,15 +108,17 @@ class LeaderElection:
             this long (from sending the last successful renewal).
         retry_period: Time between attempts to acquire or renew.
         on_elected: ``on_elected(term, stop_event)`` when this node becomes
-            leader; ``stop_event`` is set when that leadership ends.
+            leader; ``stop_event`` is set when that leadership ends, at the
+            latest at its renew deadline.
         on_demoted: ``on_demoted(term)`` when the leadership of ``term`` ends
             (resigned, stopped, deadline passed or lease taken).
         on_new_leader: ``on_new_leader(node_id)`` when this node observes a new
             leadership: another node, itself, or ``None`` when the lease is seen
             vacant. Reported as seen at each attempt, nothing during outages.
-        events: Where ``LeadershipAcquired``, ``LeadershipLost`` and
-            ``LeaderChanged`` are published, at once, on the election thread
-            (or the one calling ``resign()``/``stop()``): keep subscribers quick.
+        events: Where ``LeadershipAcquired``, ``LeadershipLost``,
+            ``LeaderChanged``, ``RedisConnectionLost`` and
+            ``RedisConnectionRestored`` are published, on the callback thread,
+            in order with the callbacks.
 
     Raises:
         ConfigurationError: A duration is invalid, or not
@@ -121,12 +154,13 @@ class LeaderElection:
         self._ops = ElectionLease(keys, name, node_id, to_milliseconds(self.lease))
         self._deadline_s = self.renew_deadline.total_seconds()
         self._retry_s = self.retry_period.total_seconds()
+        self._call_timeout = min(self._retry_s, _MAX_CALL_TIMEOUT)
         self._client = client
         self._on_elected = on_elected
         self._on_demoted = on_demoted
         self._on_new_leader = on_new_leader
         self._events = events
-        self._outage = OutageTracker(f"election {name!r}", log, events)
+        self._outage = OutageTracker(f"election {name!r}", log)  # its events are published here, queued
         self._pid = os.getpid()
         self._thread: threading.Thread | None = None
         self._reset()
@@ -134,20 +168,25 @@ class LeaderElection:
     def _reset(self) -> None:
         """Fresh state for a start (also in a forked child, whose lock may be held)."""
         self._lock = threading.Lock()  # the leadership state; never held while user code runs
-        self._transition = threading.RLock()  # keeps "elected" before "demoted" in events and callbacks
+        self._transition = threading.RLock()  # keeps "elected" before "demoted" in the queue
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._callbacks: CallbackThread | None = None
+        self._timer: threading.Thread | None = None
         self._redis: redis.Redis | None = None
         self._token = uuid.uuid4().hex  # one per leadership: an ended one is never resumed
+        self._token_sent = False  # whether the token may hold the lease
+        self._last_call_s = 0.0
         self._term: int | None = None
         self._deadline = 0.0
         self._ended: threading.Event | None = None
         self._resign_pending = False
+        self._release_pending = False
         self._step_back_until = 0.0
         self._observed: tuple[str | None, int] | None = None
         self._max_term = 0
         self._corrupt_reported = False
+        self._outage_since = 0.0
 
     # -- public API --------------------------------------------------------------
 
@@ -205,7 +244,7 @@ class LeaderElection:
             previous.join()  # after a stop() that timed out: the old thread must not see the new state
         self._pid = os.getpid()
         self._reset()
-        self._redis = dedicated_client(self._client, min(self._retry_s, _MAX_CALL_TIMEOUT))
+        self._redis = dedicated_client(self._client, self._call_timeout)
         self._callbacks = CallbackThread(f"tickerq-election-{self.name}-callbacks")
         self._thread = threading.Thread(target=self._run, name=f"tickerq-election-{self.name}", daemon=True)
         self._thread.start()
@@ -219,16 +258,15 @@ class LeaderElection:
         """
         if not self.running:
             return
-        with self._lock:
-            self._resign_pending = True  # before demoting, so that no acquisition in flight promotes us
-        self._demote("resigned")
+        self._demote("resigned", resign=True)
         self._wake.set()
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Resign, end both threads and close the election's pool. Safe to call twice.
+        """Resign, end the threads and close the election's pool. Safe to call twice.
 
-        Returns within milliseconds when Redis answers, and within about one
-        second when it hangs. In a forked child it does nothing.
+        Returns within milliseconds when Redis answers, and within one call
+        timeout plus 0.1 s (0.6 s with the default timings) when it hangs: the
+        lease is then left to lapse. In a forked child it does nothing.
 
         Args:
             timeout: How long to wait for the threads (a callback that ignores
@@ -237,12 +275,14 @@ class LeaderElection:
         thread = self._thread
         if thread is None or self._pid != os.getpid() or self._stop.is_set():
             return
+        started = time.monotonic()
         self._stop.set()
         self._wake.set()
         self._demote("stopped")
-        ends = time.monotonic() + timeout
-        if thread is not threading.current_thread():
-            thread.join(timeout)
+        ends = started + timeout
+        for worker in (thread, self._timer):
+            if worker is not None and worker is not threading.current_thread():
+                worker.join(max(0.0, ends - time.monotonic()))
         if thread.is_alive():
             log.warning("election %r: thread did not end within %.1f s", self.name, timeout)
         callbacks, client = self._callbacks, self._redis
@@ -271,10 +311,12 @@ class LeaderElection:
         """One attempt; returns how long to wait before the next."""
         with self._lock:
             resigning, self._resign_pending = self._resign_pending, False
+            releasing, self._release_pending = self._release_pending, False
             leading = self._term is not None
-        if resigning:
-            self._release()
-            self._step_back_until = time.monotonic() + self.lease.total_seconds()
+        if resigning or releasing:
+            self._release()  # a leadership ended (resigned, deadline passed): its lease goes too
+            if resigning:
+                self._step_back_until = time.monotonic() + self.lease.total_seconds()
             return 0.0
         if leading:
             return self._renew()
@@ -289,10 +331,12 @@ class LeaderElection:
     def _campaign(self) -> float:
         sent = time.monotonic()
         token, seen = self._token, self._max_term
+        self._token_sent = True
         reply = self._call(lambda client: self._ops.acquire(client, token, seen))
         if reply is None:
             return self._retry_s
         if reply.status != Status.OURS:
+            self._token_sent = False  # the script saw the lease is not ours: nothing to release
             self._report(reply)
             return self._until_lapse(reply.pttl_ms)
         if not self._promote(reply.term, sent):
@@ -307,8 +351,7 @@ class LeaderElection:
         if term is None:
             return 0.0
         if sent >= deadline:
-            self._demote("renew deadline passed")
-            self._release()
+            self._demote("renew deadline passed")  # normally the deadline timer has done it
             return 0.0
         token = self._token
         reply = self._call(lambda client: self._ops.renew(client, token, term))
@@ -316,18 +359,15 @@ class LeaderElection:
             return max(0.0, min(self._retry_s, deadline - time.monotonic()))
         if reply.status == Status.OURS:
             with self._lock:
-                if self._term != term:
-                    return 0.0  # resigned meanwhile; the next step releases the lease
-                if time.monotonic() < deadline:
+                if self._term == term and time.monotonic() < self._deadline:
                     self._deadline = sent + self._deadline_s
                     return self._retry_s
-            self._demote("renewed only after the renew deadline")  # is_leader was already False
-            self._release()
+            # The deadline passed while we waited (is_leader was already False), or the
+            # leadership ended on another thread meanwhile; the next step releases the lease.
+            self._demote("renewed only after the renew deadline")
             return 0.0
-        self._demote(
-            "lease taken by another node" if reply.status == Status.HELD else "lease key overwritten"
-        )
-        self._token = uuid.uuid4().hex
+        self._demote(_loss_reason(reply))
+        self._token, self._token_sent = uuid.uuid4().hex, False  # the lease is not ours to release
         self._report(reply)
         return self._until_lapse(reply.pttl_ms)
 
@@ -342,31 +382,73 @@ class LeaderElection:
             self._observe(self.node_id, term)
             self._publish(LeadershipAcquired(election=self.name, node=self.node_id, term=term))
             self._submit(self._on_elected, term, ended)
-            return True
+        timer = threading.Thread(
+            target=self._expire, args=(ended,), name=f"tickerq-election-{self.name}-deadline", daemon=True
+        )
+        self._timer = timer
+        timer.start()
+        return True
 
-    def _demote(self, reason: str) -> None:
-        """End this node's leadership, if any (from any thread; acts once)."""
+    def _expire(self, ended: threading.Event) -> None:
+        """The deadline timer: ends the leadership that ``ended`` belongs to at its renew deadline.
+
+        The deadline only moves later, so waking early just means waiting again.
+        """
+        while True:
+            with self._lock:
+                if self._ended is not ended:
+                    return
+                remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                self._demote("renew deadline passed", ended)
+                return
+            ended.wait(remaining)
+
+    def _demote(
+        self, reason: str, leadership: threading.Event | None = None, *, resign: bool = False
+    ) -> None:
+        """End this node's leadership (only ``leadership``, if given), if any; from any thread, acts once.
+
+        With ``resign``, the election thread also releases the lease and steps
+        back, decided under the same lock so that no acquisition in flight
+        promotes us meanwhile.
+        """
         with self._transition:
             with self._lock:
+                if resign:
+                    self._resign_pending = True
                 term, ended = self._term, self._ended
+                if term is None or ended is None or leadership not in (None, ended):
+                    return
                 self._term = self._ended = None
-            if term is None or ended is None:
-                return
+                self._release_pending = True
             ended.set()
             log.info("election %r: %s no longer leads term %d: %s", self.name, self.node_id, term, reason)
             self._publish(LeadershipLost(election=self.name, node=self.node_id, term=term, reason=reason))
             self._submit(self._on_demoted, term)
 
     def _release(self) -> None:
-        """Delete the lease if our token still holds it; never use that token again."""
-        token, self._token = self._token, uuid.uuid4().hex
+        """Delete the lease if our token may hold it; never use that token again.
+
+        Once stopping, skipped when Redis failed or was slow at the last call:
+        the lease then lapses by itself (see ``_SLOW_CALL``).
+        """
+        token, sent = self._token, self._token_sent
+        self._token, self._token_sent = uuid.uuid4().hex, False
+        if not sent:
+            return
+        if self._stop.is_set() and (self._outage.in_outage or self._last_call_s > _SLOW_CALL):
+            log.debug("election %r: stopping while Redis is slow or down; the lease will lapse", self.name)
+            return
         if self._call(lambda client: self._ops.release(client, token)) and self._observed is not None:
             self._observe(None, self._observed[1])
 
     def _report(self, reply: LeaseReply) -> None:
         if reply.status != Status.CORRUPT:
             self._corrupt_reported = False
-            self._observe(reply.holder, self._max_term if reply.status == Status.VACANT else reply.term)
+            self._observe(
+                reply.holder, max(self._max_term, reply.term) if reply.status == Status.VACANT else reply.term
+            )
         elif not self._corrupt_reported:
             self._corrupt_reported = True
             log.warning(
@@ -392,17 +474,27 @@ class LeaderElection:
         """Run ``operation`` on the election's pool; None when Redis failed (logged once per outage)."""
         if self._redis is None:
             return None
+        started = time.monotonic()
         try:
             result = operation(self._redis)
         except redis.RedisError as exc:
+            if not self._outage.in_outage:
+                self._outage_since = time.monotonic()
+                self._publish(RedisConnectionLost(source=self._outage.source, error=str(exc)))
             self._outage.failed(exc)
             return None
+        finally:
+            self._last_call_s = time.monotonic() - started
+        if self._outage.in_outage:
+            lasted = time.monotonic() - self._outage_since
+            self._publish(RedisConnectionRestored(source=self._outage.source, outage_seconds=lasted))
         self._outage.succeeded()
         return result
 
     def _publish(self, event: object) -> None:
+        """Queue ``event`` for the hub: delivered on the callback thread, in order with the callbacks."""
         if self._events is not None:
-            self._events.publish(event)
+            self._submit(self._events.publish, event)
 
     def _submit(self, callback: Callable[..., None] | None, *args: object) -> None:
         callbacks = self._callbacks
@@ -422,3 +514,14 @@ class LeaderElection:
         return (
             f"LeaderElection({self.name!r}, node={self.node_id!r}, running={self.running}, term={self.term})"
         )
+
+
+def _loss_reason(reply: LeaseReply) -> str:
+    """Why a renewal that did not find our token ends the leadership."""
+    if reply.status == Status.HELD:
+        if reply.holder is None:
+            return "Redis lost its data: the lease is kept vacant for one lease"
+        return f"lease taken by {reply.holder!r}, term {reply.term}"
+    if reply.status == Status.VACANT:
+        return f"lease vanished and term {reply.term} began since"
+    return "lease key overwritten"

@@ -32,7 +32,9 @@ class Status(enum.IntEnum):
 
     HELD = 0  #: another token holds it (``holder`` None: kept vacant after Redis lost its data)
     OURS = 1  #: our token holds it (now, or again after a retry whose reply was lost)
-    VACANT = 2  #: nobody holds it (reported by reads only: a candidate takes it)
+    #: nobody holds it: a read's candidate takes it; a renewal's leadership is over (a later
+    #: term, the reply's ``term``, began while the lease was gone)
+    VACANT = 2
     CORRUPT = -1  #: the key is not a lease tickerq wrote (``holder`` names its Redis type)
 
 
@@ -85,7 +87,13 @@ class ElectionLease:
         return LeaseReply.parse(_ACQUIRE(client, keys, [self.node_id, token, self.lease_ms, seen_term]))
 
     def renew(self, client: redis.Redis, token: str, term: int) -> LeaseReply:
-        """Extend the lease while ``token`` holds it; re-create it if it vanished and nobody took it."""
+        """Extend the lease while ``token`` holds it; re-create it if it vanished and no later term began.
+
+        ``VACANT`` when it vanished after a later term began. A holder with a
+        lower term than ``term`` means Redis lost its data: the lease is then
+        kept vacant for one lease (``HELD``, holder None) so that the next term
+        is above every term handed out. The counter is raised to ``term`` if below.
+        """
         keys = [self.key, self.keys.election_term(self.name)]
         return LeaseReply.parse(_RENEW(client, keys, [self.node_id, token, term, self.lease_ms]))
 
