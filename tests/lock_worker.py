@@ -20,8 +20,13 @@ from tickerq.redis.lock import LockManager
 INSTANCE = "tickerq:"
 
 
-def make_manager(host: str, port: int, owner: str) -> tuple[LockManager, redis.Redis, redis.Redis]:
-    """A LockManager the way the container wires one: app client with retries, watchdog without."""
+def make_manager(
+    host: str, port: int, owner: str, *, watchdog_timeout: float = 2.0, watchdog_connect_timeout: float = 0.5
+) -> tuple[LockManager, redis.Redis, redis.Redis]:
+    """A LockManager the way the container wires one: app client with retries, watchdog without.
+
+    The container gives the watchdog client its sync and connect timeouts (5 s by default).
+    """
     client = redis.Redis(
         host=host,
         port=port,
@@ -29,7 +34,13 @@ def make_manager(host: str, port: int, owner: str) -> tuple[LockManager, redis.R
         socket_connect_timeout=1,
         retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 2),
     )
-    watchdog = redis.Redis(host=host, port=port, socket_timeout=2, socket_connect_timeout=0.5, retry=None)
+    watchdog = redis.Redis(
+        host=host,
+        port=port,
+        socket_timeout=watchdog_timeout,
+        socket_connect_timeout=watchdog_connect_timeout,
+        retry=None,
+    )
     return LockManager(client, watchdog, Keys(INSTANCE), owner), client, watchdog
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,15 +22,26 @@ import redis
 
 from tests import lock_worker
 from tests.conftest import wait_until
-from tickerq.errors import ConfigurationError, KeyTypeError, LockError, LockLostError, LockTimeoutError
+from tickerq.errors import (
+    ConfigurationError,
+    KeyTypeError,
+    LockError,
+    LockLostError,
+    LockTimeoutError,
+    RedisUnavailableError,
+)
 from tickerq.redis import lock as lock_module
 from tickerq.redis.keys import Keys
-from tickerq.redis.lock import ACQUIRE, DEAD_WAITER_STALL_BOUND, RELEASE, Lease, LockManager
-from tickerq.redis.watchdog import THREAD_NAME
+from tickerq.redis.lease import Renewal
+from tickerq.redis.lock import ACQUIRE, DEAD_WAITER_STALL_BOUND, RECOVERING, RELEASE, Lease, LockManager
+from tickerq.redis.watchdog import RENEWER_THREAD_NAME, THREAD_NAME, Watchdog
 from tickerq.testing import RedisServer
 
 KEYS = Keys(lock_worker.INSTANCE)
 SPAWN = multiprocessing.get_context("spawn")
+#: How late a busy 2-core machine may run a thread that is due (a wake-up, a GIL hand-over).
+LATE = 0.1
+TICKERQ_SOURCE = os.path.dirname(lock_module.__file__)
 
 ManagerFactory = Callable[..., LockManager]
 
@@ -36,8 +51,8 @@ def managers(redis_server: RedisServer) -> Iterator[ManagerFactory]:
     """Builds LockManagers (each with its own two clients) and closes them all after the test."""
     made: list[tuple[LockManager, redis.Redis, redis.Redis]] = []
 
-    def make(server: RedisServer = redis_server, owner: str = "node-a") -> LockManager:
-        made.append(lock_worker.make_manager(server.host, server.port, owner))
+    def make(server: RedisServer = redis_server, owner: str = "node-a", **kwargs: float) -> LockManager:
+        made.append(lock_worker.make_manager(server.host, server.port, owner, **kwargs))
         return made[-1][0]
 
     yield make
@@ -63,6 +78,64 @@ def stop_process(process: multiprocessing.process.BaseProcess) -> None:
 
 def evalsha_calls(client: redis.Redis) -> int:
     return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy in front of a redis-server that can lose one reply.
+
+    A real network fault after the request went through: Redis runs the command,
+    the proxy throws the reply away and cuts that client connection.
+    """
+
+    def __init__(self, server: RedisServer) -> None:
+        self._upstream = (server.host, server.port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._drop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept)]
+        self._threads[0].start()
+
+    def drop_next_reply(self) -> None:
+        """Lose the next reply Redis sends through the proxy, and cut its connection."""
+        self._drop.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(self._upstream)
+            self._sockets += [client, upstream]
+            for source, sink, replies in ((client, upstream, False), (upstream, client, True)):
+                thread = threading.Thread(target=self._pipe, args=(source, sink, replies))
+                self._threads.append(thread)
+                thread.start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if replies and self._drop.is_set():
+                    self._drop.clear()
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(5)
+        for sock in self._sockets:
+            sock.close()
 
 
 # -- configuration ------------------------------------------------------------------
@@ -188,10 +261,114 @@ def test_reentrant_lock_is_counted_per_owner_thread(
     assert redis_client.get("tickerq:lock:job") is None
 
 
+def test_extend_after_release_raises_lock_lost(managers: ManagerFactory) -> None:
+    """extend() on a Lock whose lease was released raises LockLostError; never acquired is a LockError."""
+    lock = managers().lock("job")
+    with pytest.raises(LockError, match="never acquired"):
+        lock.extend()
+    lock.acquire()
+    lock.release()
+    with pytest.raises(LockLostError, match="released"):
+        lock.extend()
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+def test_acquire_whose_reply_is_lost_lets_go(
+    redis_server: RedisServer, managers: ManagerFactory, redis_client: redis.Redis, blocking: bool
+) -> None:
+    """The acquire script ran but its reply was lost on the way: the error propagates, the key is let go."""
+    proxy = ReplyDroppingProxy(redis_server)
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=5, retry=None)
+    watchdog_client = redis_server.client(retry=None)
+    manager = LockManager(client, watchdog_client, KEYS, "lossy")
+    try:
+        with manager.lock("warm-up"):
+            pass  # scripts loaded and the connection open, so the next reply is the acquire's
+        proxy.drop_next_reply()
+        with pytest.raises(RedisUnavailableError):
+            manager.lock("job", ttl=30, blocking=blocking).acquire()
+        assert redis_client.get("tickerq:lock:job") is None
+        assert "1" == redis_client.get("tickerq:lock:job:fence")  # the script did run
+        with managers(owner="other").lock("job", blocking=False) as lease:
+            assert 2 == lease.fence
+    finally:
+        manager.close()
+        client.close()
+        watchdog_client.close()
+        proxy.close()
+
+
+def interleave(step: int, body: Callable[[], object], other: Callable[[], object]) -> int:
+    """Run ``body`` here, pausing it at its ``step``-th line of tickerq code to run ``other`` on another
+    thread to completion (or for at most 0.1 s, if ``other`` waits for ``body``); returns the lines seen.
+
+    A deterministic schedule for races between two threads: step through every line to try every
+    interleaving at line granularity.
+    """
+    go, done = threading.Event(), threading.Event()
+    lines = 0
+
+    def run_other() -> None:
+        go.wait()
+        try:
+            other()
+        finally:
+            done.set()
+
+    def trace_line(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal lines
+        if event == "line":
+            lines += 1
+            if lines == step:
+                go.set()
+                done.wait(0.1)
+        return trace_line
+
+    def trace_call(frame: Any, event: str, arg: Any) -> Any:
+        return trace_line if frame.f_code.co_filename.startswith(TICKERQ_SOURCE) else None
+
+    thread = threading.Thread(target=run_other)
+    thread.start()
+    previous = sys.gettrace()
+    sys.settrace(trace_call)
+    try:
+        body()
+    finally:
+        sys.settrace(previous)
+        go.set()
+        thread.join(10)
+    return lines
+
+
+def test_reentrant_acquire_racing_a_release_never_returns_a_released_lease(
+    managers: ManagerFactory, redis_client: redis.Redis
+) -> None:
+    """A reentrant acquire while another thread releases the owner's lease gets a held lease or a timeout."""
+    manager = managers()
+    for step in itertools.count(1):
+        outer = manager.lock("job", reentrant=True)
+        outer.acquire()
+        inner = manager.lock("job", reentrant=True, blocking=False)
+        got: list[Lease] = []
+
+        def reenter(inner: lock_module.Lock = inner, got: list[Lease] = got) -> None:
+            with contextlib.suppress(LockTimeoutError):  # released first, its key not yet deleted
+                got.append(inner.acquire())
+
+        lines = interleave(step, reenter, outer.release)
+        for lease in got:
+            assert not lease.released, f"released lease returned when paused at line {step}"
+            assert lease.token == redis_client.get("tickerq:lock:job")
+            assert inner.release() is True
+        assert redis_client.get("tickerq:lock:job") is None
+        if lines < step:  # the release ran after the whole acquire: every interleaving was tried
+            break
+
+
 def test_waiter_is_woken_by_release_not_by_polling(
     managers: ManagerFactory, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With polling slowed to 10 s, a waiter still gets the lock within a second of its release."""
+    """Polling slowed to 2.5 s (half the socket timeout), a waiter gets the lock within 1 s of release."""
     holder = managers(owner="a")
     monkeypatch.setattr(lock_module, "WAITER_POLL", 10.0)
     waiter = managers(owner="b")
@@ -219,13 +396,17 @@ def test_waiter_is_woken_by_release_not_by_polling(
 @pytest.mark.slow
 def test_expiry_without_renewal(managers: ManagerFactory, redis_client: redis.Redis) -> None:
     """Unrenewed, the lease is declared lost by its ttl; another node then takes it; release/extend fail."""
-    old_lock = managers(owner="old").lock("job", ttl=0.4, auto_renew=False)
-    old = old_lock.acquire()
-    started = time.monotonic()
+    ttl = 0.25  # the waiter's polls come at about 0 s and 0.5 s: some 0.25 s either side of the expiry
+    old_lock = managers(owner="old").lock("job", ttl=ttl, auto_renew=False)
     new_lock = managers(owner="new").lock("job", ttl=5, wait_timeout=5)
+    before = time.monotonic()
+    old = old_lock.acquire()
     new = new_lock.acquire()
-    assert time.monotonic() - started >= 0.35
-    assert old.lost.is_set()
+    acquired_at = time.monotonic()
+    assert acquired_at - before >= ttl - 0.01  # Redis's clock, not ours, expires the key
+    assert old.lost_at is not None
+    assert old.lost_at - before <= ttl + LATE
+    assert old.lost_at <= acquired_at
     assert new.fence > old.fence
     with pytest.raises(LockLostError):
         old.ensure_held()
@@ -347,17 +528,21 @@ def test_body_exception_wins_over_loss(managers: ManagerFactory, redis_client: r
 def test_redis_stopped_longer_than_ttl_declares_lost_before_ttl(
     fault_server: RedisServer, managers: ManagerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With redis-server stopped, the lease is lost within the ttl; the outage is logged once."""
+    """With redis-server stopped, the lease is lost within the ttl of its acquiring; one outage logged."""
     caplog.set_level(logging.WARNING, logger="tickerq.redis.watchdog")
     ttl = 1.0
     lost_calls: list[Lease] = []
     manager = managers(fault_server)
     lock = manager.lock("job", ttl=ttl, on_lost=lost_calls.append)
+    before = time.monotonic()
     lease = lock.acquire()
-    stopped = time.monotonic()
     fault_server.stop()
-    assert lease.lost.wait(ttl)  # the last renewal was sent before the stop
-    assert time.monotonic() - stopped > ttl / 3  # not at the first failed renewal
+    stopped = time.monotonic()
+    assert stopped - before < ttl / 3  # stopped before the first renewal was due
+    assert lease.lost.wait(ttl + 1.0)
+    assert lease.lost_at is not None
+    assert lease.lost_at - before <= ttl + LATE  # by the deadline of the acquisition, not later
+    assert lease.lost_at - stopped > ttl / 3  # not at the first failed renewal
     assert "within its ttl" in (lease.lost_reason or "")
     outages = [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
     assert 1 == len(outages)
@@ -366,6 +551,61 @@ def test_redis_stopped_longer_than_ttl_declares_lost_before_ttl(
     assert lock.release() is False
     wait_until(lambda: lost_calls)
     assert [lease] == lost_calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["before the watchdog connected", "while renewing"])
+def test_frozen_redis_declares_leases_lost_on_time(
+    fault_server: RedisServer, managers: ManagerFactory, when: str
+) -> None:
+    """Redis frozen (SIGSTOP) under 5 s client timeouts: each lease is lost by its own ttl, on_lost once."""
+    manager = managers(fault_server, watchdog_timeout=5.0, watchdog_connect_timeout=5.0)
+    lost_calls: list[Lease] = []
+    leases = [
+        manager.lock(name, ttl=ttl, on_lost=lost_calls.append).acquire()
+        for name, ttl in (("short", 0.6), ("long", 1.5))
+    ]
+    if when == "while renewing":
+        first_deadlines = [lease.valid_until for lease in leases]
+        wait_until(lambda: all(x.valid_until > d for x, d in zip(leases, first_deadlines, strict=True)))
+    paused_at = time.monotonic()  # no renewal sent after this can succeed
+    fault_server.pause()
+    try:
+        for lease in leases:
+            assert lease.lost.wait(lease.ttl_seconds + 1.0)
+    finally:
+        fault_server.resume()
+    for lease in leases:
+        assert lease.lost_at is not None
+        assert lease.lost_at - paused_at <= lease.ttl_seconds + LATE, lease
+        assert "within its ttl" in (lease.lost_reason or "")
+    wait_until(lambda: 2 == len(lost_calls))
+    time.sleep(0.3)  # the renewer's stuck call returns now; nothing more is reported
+    assert sorted(leases, key=id) == sorted(lost_calls, key=id)
+
+
+@pytest.mark.slow
+def test_extend_waits_for_a_renewal_in_flight(fault_server: RedisServer, managers: ManagerFactory) -> None:
+    """extend() during a renewal stuck in a frozen Redis runs after it: Redis and lease agree on the ttl."""
+    lock = managers(fault_server).lock("job", ttl=1.5)
+    lease = lock.acquire()
+    fault_server.pause()
+    try:
+        wait_until(lease.renewing.locked, timeout=1.0, interval=0.005)  # the watchdog's renewal is in flight
+        extender = threading.Thread(target=lock.extend, args=(30,))
+        extender.start()
+        time.sleep(0.1)
+        assert extender.is_alive()  # waiting for the renewal, not racing it
+    finally:
+        fault_server.resume()
+    extender.join(5)
+    assert not extender.is_alive()
+    assert timedelta(seconds=30) == lease.ttl
+    with fault_server.client() as admin:
+        pttl = admin.pttl("tickerq:lock:job") / 1000
+    assert 29 < pttl <= 30
+    assert lease.valid_until - time.monotonic() <= pttl
+    assert lease.held
 
 
 @pytest.mark.slow
@@ -393,6 +633,57 @@ def test_redis_restarted_within_ttl_lease_survives(
         assert lock.release() is True
     with other.lock("job") as after:
         assert 3 == after.fence
+
+
+@pytest.mark.slow
+def test_data_loss_never_gives_a_renewing_holders_fence_again(
+    fault_server: RedisServer, managers: ManagerFactory
+) -> None:
+    """Redis restarts empty while A holds fence 2: B (had fence 1) waits for A to re-establish and release."""
+    ttl = 3.0  # A renews every second: B's first try almost always comes before A's renewal
+    a, b = managers(fault_server, "a"), managers(fault_server, "b")
+    with b.lock("job", ttl=ttl) as first:
+        assert 1 == first.fence
+    lock = a.lock("job", ttl=ttl)
+    held = lock.acquire()
+    assert 2 == held.fence
+    fault_server.restart()
+    with pytest.raises(LockTimeoutError):  # held back after the loss, or A already re-established it
+        b.lock("job", ttl=ttl, blocking=False).acquire()
+    with fault_server.client(decode_responses=True) as admin:
+        wait_until(lambda: admin.get("tickerq:lock:job") == held.token, timeout=ttl)
+        assert "2" == admin.get("tickerq:lock:job:fence")
+        assert held.held
+        acquired: list[Lease] = []
+        waiter = threading.Thread(target=lambda: acquired.append(b.lock("job", wait_timeout=10).acquire()))
+        waiter.start()
+        wait_until(lambda: admin.llen(KEYS.lock_queue("job")))
+    assert lock.release() is True
+    waiter.join(10)
+    assert [3] == [lease.fence for lease in acquired]
+
+
+def test_data_loss_holds_the_lock_back_for_the_longest_ttl(
+    managers: ManagerFactory, redis_client: redis.Redis
+) -> None:
+    """Counter lost: B (had 1) parks RECOVERING for its longest ttl; A (fence 2) releasing raises it to 2."""
+    a, b = managers(owner="a"), managers(owner="b")
+    with b.lock("job", ttl=0.4):
+        pass
+    survivor = a.lock("job", ttl=30, auto_renew=False)
+    assert 2 == survivor.acquire().fence
+    redis_client.flushall()  # Redis lost its data
+    with pytest.raises(LockTimeoutError, match="after Redis lost its data"):
+        b.lock("job", ttl=0.2, blocking=False).acquire()
+    assert RECOVERING == redis_client.get("tickerq:lock:job")
+    assert 300 < redis_client.pttl("tickerq:lock:job") <= 400  # the longest ttl b used, not this one
+    assert "1" == redis_client.get("tickerq:lock:job:fence")
+    assert survivor.release() is False  # its key was lost...
+    assert "2" == redis_client.get("tickerq:lock:job:fence")  # ...but its fence is not given again
+    started = time.monotonic()
+    with b.lock("job", ttl=0.2, wait_timeout=5) as after:
+        assert 3 == after.fence
+    assert time.monotonic() - started >= 0.2
 
 
 @pytest.mark.slow
@@ -518,6 +809,41 @@ def test_waiter_dying_in_line_stalls_at_most_the_bound(
         stop_process(doomed)
 
 
+# -- the watchdog's own robustness ------------------------------------------------------
+
+
+def test_failing_cleanup_of_a_resurrected_lease_does_not_stop_the_batch(
+    redis_server: RedisServer, managers: ManagerFactory, redis_client: redis.Redis
+) -> None:
+    """A batch re-establishes a lease released meanwhile; its cleanup raises; the rest is still confirmed."""
+    manager = managers()
+    released, kept = (manager.lock(name, ttl=5, auto_renew=False).acquire() for name in ("released", "kept"))
+    redis_client.flushall()  # Redis lost its data: the renewal will re-establish both keys
+    assert released.drop()  # released while the renewal is in flight: its delete is still to come
+    cleaned: list[Lease] = []
+
+    def cleanup_fails(lease: Lease) -> None:
+        cleaned.append(lease)
+        raise RedisUnavailableError("the application's client is down")
+
+    with redis_server.client(retry=None) as client:
+        watchdog = Watchdog(client, on_resurrected=cleanup_fails)
+        before = kept.valid_until
+        watchdog._renew([Renewal.of(released), Renewal.of(kept)])
+    assert [released] == cleaned
+    assert kept.valid_until > before
+    assert kept.token == redis_client.get("tickerq:lock:kept")
+
+
+def test_failed_tick_is_retried_before_the_nearest_deadline(managers: ManagerFactory) -> None:
+    """After a failed tick the watchdog looks again within a second and by the nearest deadline."""
+    manager = managers()
+    with manager.lock("job", ttl=0.3, auto_renew=False) as lease:
+        assert manager.watchdog._delay_after_error() <= lease.valid_until - time.monotonic() + 0.01
+    with manager.lock("job", ttl=30):
+        assert manager.watchdog._delay_after_error() == 1.0
+
+
 # -- thread lifecycle -----------------------------------------------------------------
 
 
@@ -526,13 +852,16 @@ def test_close_stops_watchdog_and_is_safe_twice(managers: ManagerFactory) -> Non
     manager = managers()
     assert manager.watchdog.thread is None  # started lazily
     with manager.lock("job", ttl=30):
-        thread = manager.watchdog.thread
+        thread, renewer = manager.watchdog.thread, manager.watchdog.renewer_thread
     assert thread is not None
+    assert renewer is not None
+    assert RENEWER_THREAD_NAME == renewer.name
     started = time.monotonic()
     manager.close()
     manager.close()
     assert time.monotonic() - started < 1.0
     assert not thread.is_alive()
+    assert not renewer.is_alive()
     with pytest.raises(LockError, match="closed"):
         manager.lock("job").acquire()
 

@@ -13,6 +13,27 @@ queue under ``{instance}tq:lock-*:{name}`` and are woken in FIFO order when the
 lock is released. A waiter also re-checks every ``WAITER_POLL`` seconds, to notice
 a holder that crashed and whose key expired. A waiter that dies in line delays
 the others by at most ``DEAD_WAITER_STALL_BOUND`` (2.5 s).
+
+Fences after Redis lost its data (a restart without persistence, a failover to
+a replica that missed writes): each process remembers, per lock name, the
+highest fence it was given and the longest ttl it used. An acquisition that finds
+the counter at or below that fence knows the counter was lost, and that a holder
+from before the loss may still be renewing with any fence up to the lost value.
+So it grants nothing yet: it raises the counter to the fence it remembers and
+parks ``RECOVERING`` in the lock key for the longest ttl, during which the
+surviving holder's next renewal re-establishes its lease over it and raises the
+counter to its own fence. The lock is granted, with a higher fence, once that
+holder releases it or the hold-back ends (waiters keep their place). Limits:
+
+- A process that never held the lock (or restarted since) has no floor: its
+  first acquisition after the loss starts the counter again, possibly at a fence
+  a surviving holder still uses. So does any process once the lock name dropped
+  out of the 4096 names it remembers.
+- A surviving holder with a longer ttl than the acquirer has used, whose
+  renewal does not reach Redis within the hold-back, can still share its fence
+  with the next holder: use one ttl per lock name.
+- A loss that leaves the counter above the acquirer's floor (Redis restored from
+  an older snapshot) is not detected.
 """
 
 from __future__ import annotations
@@ -27,17 +48,17 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
-import attrs
 import redis
 
 from tickerq.durations import Duration, to_milliseconds, to_timedelta
 from tickerq.errors import ConfigurationError, KeyTypeError, LockError, LockLostError, LockTimeoutError
 from tickerq.redis.keys import Keys
+from tickerq.redis.lease import LOST, RENEW, Lease, LockKeys, Renewal, renew_arguments
 from tickerq.redis.scripts import LuaScript
 from tickerq.redis.translate import translate_errors
-from tickerq.redis.watchdog import LOST, RENEW, Lease, Watchdog, renew_arguments
+from tickerq.redis.watchdog import Watchdog
 
-__all__ = ["DEAD_WAITER_STALL_BOUND", "Lease", "Lock", "LockManager"]
+__all__ = ["DEAD_WAITER_STALL_BOUND", "RECOVERING", "Lease", "Lock", "LockKeys", "LockManager"]
 
 log = logging.getLogger(__name__)
 
@@ -53,30 +74,9 @@ TURN_TIMEOUT = 0.5
 #: The longest a waiter that died in line can keep a free lock from the next live waiter: it may
 #: still get the turn until its place expires, the turn lapses, then the next waiter polls.
 DEAD_WAITER_STALL_BOUND = WAITER_LIVENESS + TURN_TIMEOUT + WAITER_POLL
-_MAX_FLOORS = 4096  # lock names whose highest fence this process remembers
-
-
-@attrs.frozen
-class LockKeys:
-    """The keys one lock uses (lock, fence, and its waiting line)."""
-
-    lock: str
-    fence: str
-    queue: str
-    turn: str
-    waiters: str
-    wake_prefix: str
-
-    @classmethod
-    def build(cls, keys: Keys, name: str) -> LockKeys:
-        return cls(
-            keys.lock(name), keys.lock_fence(name), keys.lock_queue(name),
-            keys.lock_turn(name), keys.lock_waiters(name), keys.lock_wake_prefix(name),
-        )  # fmt: skip
-
-    @property
-    def script_keys(self) -> list[str]:
-        return [self.lock, self.fence, self.queue, self.turn, self.waiters]
+_MAX_FLOORS = 4096  # lock names whose highest fence and longest ttl this process remembers
+#: The lock key's value while an acquisition after a data loss holds the lock back (never a token).
+RECOVERING = "tickerq:recovering-after-data-loss"
 
 
 def _release_args(token: str, waiter: str, fence: int, keys: LockKeys) -> list[str | int]:
@@ -113,6 +113,7 @@ class Lock:
         self._manager = manager
         self._mutex = threading.Lock()
         self._leases: list[Lease] = []  # one entry per acquire() not yet released
+        self._last: Lease | None = None  # the lease of the latest acquire(), even once released
 
     @property
     def lease(self) -> Lease | None:
@@ -137,6 +138,7 @@ class Lock:
         lease = self._manager._acquire(self)
         with self._mutex:
             self._leases.append(lease)
+            self._last = lease
         return lease
 
     def release(self) -> bool:
@@ -160,11 +162,12 @@ class Lock:
 
         Raises:
             LockLostError: The lease is lost or was released.
-            LockError: This Lock holds nothing.
+            LockError: This Lock was never acquired.
         """
-        lease = self.lease
+        with self._mutex:
+            lease = self._leases[-1] if self._leases else self._last
         if lease is None:
-            raise LockError(f"cannot extend {self.name!r}: this Lock does not hold it")
+            raise LockError(f"cannot extend {self.name!r}: this Lock was never acquired")
         self._manager._extend(lease, None if ttl is None else to_timedelta(ttl, field="ttl"))
 
     def __enter__(self) -> Lease:
@@ -196,7 +199,7 @@ class Lock:
 
 
 class LockManager:
-    """Makes locks for one node and runs their watchdog thread.
+    """Makes locks for one node and runs their watchdog (a deadline thread and a renewer thread).
 
     A Redis lock gives efficiency, not perfect safety: for correctness the
     protected resource must check ``lease.fence`` (see the module docstring).
@@ -219,7 +222,7 @@ class LockManager:
         self._client = client
         self._pid = os.getpid()
         self._mutex = threading.Lock()
-        self._floors: dict[str, int] = {}
+        self._floors: dict[str, tuple[int, int]] = {}  # name: (highest fence, longest ttl ms)
         self._keys_by_name: dict[str, LockKeys] = {}
         self._reentrant: dict[tuple[int, str, int], Lease] = {}
         pool = getattr(client, "connection_pool", None)
@@ -255,7 +258,7 @@ class LockManager:
         )  # fmt: skip
 
     def close(self, timeout: float = 1.0) -> None:
-        """Stop the watchdog thread; safe twice.
+        """Stop the watchdog's threads; safe twice.
 
         Leases still held are no longer renewed or watched (``ensure_held()`` still
         checks their deadline) and new acquisitions raise :class:`LockError`.
@@ -272,57 +275,69 @@ class LockManager:
         if lock.reentrant:
             with self._mutex:
                 owned = self._reentrant.get((pid, lock.name, threading.get_ident()))
-            if owned is not None and not owned.released:
-                owned.join()
+            if owned is not None and owned.try_join():  # False: released meanwhile, acquire afresh
                 return owned
         keys = lock.keys
         token = f"{self.owner}:{secrets.token_hex(10)}"
         waiter = token if lock.blocking else ""
         wait = None if lock.wait_timeout is None else lock.wait_timeout.total_seconds()
         deadline = None if wait is None else time.monotonic() + wait
+        ttl_ms = to_milliseconds(lock.ttl)
+        floor, floor_ttl_ms = self._floors.get(lock.name, (0, 0))
         args: list[str | int] = [
-            token, to_milliseconds(lock.ttl), waiter, self._floors.get(lock.name, 0), keys.wake_prefix,
-            int(WAITER_LIVENESS * 1000), int(TURN_TIMEOUT * 1000),
+            token, ttl_ms, waiter, floor, keys.wake_prefix, int(WAITER_LIVENESS * 1000),
+            int(TURN_TIMEOUT * 1000), max(ttl_ms, floor_ttl_ms),
         ]  # fmt: skip
         try:
             while True:
                 sent_at = time.monotonic()
-                acquired, value = self._call(lock.name, ACQUIRE, keys.script_keys, args)
-                if acquired:
+                reply = self._call(lock.name, ACQUIRE, keys.script_keys, args)
+                if reply[0]:
                     break
                 if not lock.blocking:
-                    state = {-2: "free but promised to a queued waiter", -1: "held with no expiry"}.get(
-                        value, f"held by another owner for {value / 1000:.1f} s more"
-                    )
-                    raise LockTimeoutError(f"lock {lock.name!r} is {state}, and blocking=False")
+                    raise LockTimeoutError(f"lock {lock.name!r} is {_describe(reply)}, and blocking=False")
                 remaining = self._max_block if deadline is None else deadline - time.monotonic()
                 if remaining <= 0:
                     raise LockTimeoutError(f"lock {lock.name!r} not acquired within wait_timeout={wait} s")
                 block = max(0.01, min(self._max_block, remaining))
                 self._call(lock.name, _blpop, [keys.wake_prefix + waiter], [block])
-        except BaseException:
-            if waiter:  # leave the line, and let go if the reply we lost was a success
-                try:
-                    RELEASE(self._client, keys.script_keys, _release_args(token, waiter, 0, keys))
-                except redis.RedisError as exc:
-                    log.warning("could not leave the waiting line of lock %r: %s", lock.name, exc)
+        except BaseException as exc:
+            # Only a non-blocking "taken" reply is known to have changed nothing.
+            if waiter or not isinstance(exc, LockTimeoutError):
+                self._let_go(lock, token, waiter)
             raise
         lease = Lease(
-            name=lock.name, token=token, fence=int(value), ttl=lock.ttl, keys=keys,
+            name=lock.name, token=token, fence=int(reply[1]), ttl=lock.ttl, keys=keys,
             auto_renew=lock.auto_renew, on_lost=lock.on_lost, sent_at=sent_at, pid=pid,
         )  # fmt: skip
-        with self._mutex:
-            if len(self._floors) >= _MAX_FLOORS and lock.name not in self._floors:
-                del self._floors[next(iter(self._floors))]
-            self._floors[lock.name] = max(self._floors.get(lock.name, 0), lease.fence)
-            if lock.reentrant:
-                self._reentrant[(lease.pid, lock.name, lease.owner_thread)] = lease
+        self._remember(lock, lease, ttl_ms)
         try:
             self.watchdog.register(lease)
         except LockError:
             self._release(lease)
             raise
         return lease
+
+    def _let_go(self, lock: Lock, token: str, waiter: str) -> None:
+        """After a failed acquire: leave the line, and let go if a reply we never got was a success.
+
+        A timed-out acquire may still be on its way to Redis and run after this
+        release; its key then expires after one ttl, unrenewed.
+        """
+        try:
+            RELEASE(self._client, lock.keys.script_keys, _release_args(token, waiter, 0, lock.keys))
+        except redis.RedisError as exc:
+            log.warning("could not let go of lock %r after a failed acquire: %s", lock.name, exc)
+
+    def _remember(self, lock: Lock, lease: Lease, ttl_ms: int) -> None:
+        """Record the floor (highest fence, longest ttl) for ``lock``'s name, and a reentrant owner."""
+        with self._mutex:
+            if len(self._floors) >= _MAX_FLOORS and lock.name not in self._floors:
+                del self._floors[next(iter(self._floors))]
+            floor, floor_ttl_ms = self._floors.get(lock.name, (0, 0))
+            self._floors[lock.name] = (max(floor, lease.fence), max(floor_ttl_ms, ttl_ms))
+            if lock.reentrant:
+                self._reentrant[(lease.pid, lock.name, lease.owner_thread)] = lease
 
     def _release(self, lease: Lease) -> bool:
         """Release one acquisition of ``lease``; see :meth:`Lock.release`."""
@@ -346,15 +361,25 @@ class LockManager:
     def _extend(self, lease: Lease, ttl: timedelta | None) -> None:
         """Set ``lease``'s remaining time to ``ttl`` (default its ttl); see :meth:`Lock.extend`."""
         lease.ensure_held()
-        ttl = lease.ttl if ttl is None else ttl
-        sent_at = time.monotonic()
-        keys, args = renew_arguments([lease])
-        args[1] = to_milliseconds(ttl)
-        if self._call(lease.name, RENEW, keys, args)[0] == LOST:
-            lease.declare_lost("extend found the lock gone or held by another owner")
+        # One renewal of a lease at a time: Redis then applies them in the order they were
+        # sent, so the ttl of the last one confirmed is the ttl Redis holds.
+        if not lease.renewing.acquire(timeout=max(0.0, lease.valid_until - time.monotonic())):
+            lease.ensure_held()  # the deadline passed while the watchdog's renewal was in flight
+            raise LockLostError(f"lock {lease.name!r} (fence {lease.fence}) could not be extended in time")
+        try:
             lease.ensure_held()
-        lease.set_ttl(ttl)
-        lease.confirm(sent_at, ttl.total_seconds())
+            renewal = Renewal.of(lease, ttl)
+            keys, args = renew_arguments([renewal])
+            sent_at = time.monotonic()
+            lease.cap(sent_at, renewal.ttl)  # if the reply is lost, Redis may hold the shorter ttl
+            if self._call(lease.name, RENEW, keys, args)[0] == LOST:
+                lease.declare_lost("extend found the lock gone or held by another owner")
+                lease.ensure_held()
+            if ttl is not None:
+                lease.set_ttl(ttl)
+            lease.confirm(sent_at, renewal.ttl)
+        finally:
+            lease.renewing.release()
         self.watchdog.poke()
 
     def _delete_key(self, lease: Lease) -> Any:
@@ -386,6 +411,18 @@ class LockManager:
             with translate_errors(f"lock {name!r}"):
                 raise
         raise AssertionError("unreachable")
+
+
+def _describe(reply: list[Any]) -> str:
+    """Why an acquire reply ``{0, pttl, recovering}`` did not grant the lock."""
+    pttl = int(reply[1])
+    if len(reply) > 2 and reply[2]:
+        return f"held back for {pttl / 1000:.1f} s more after Redis lost its data (see RECOVERING)"
+    if pttl == -2:
+        return "free but promised to a queued waiter"
+    if pttl == -1:
+        return "held with no expiry"
+    return f"held by another owner for {pttl / 1000:.1f} s more"
 
 
 def _blpop(client: redis.Redis, keys: list[str], args: list[Any]) -> Any:

@@ -3,8 +3,10 @@
 -- KEYS[4] turn, KEYS[5] waiter deadlines (zset)
 -- ARGV[1] token, ARGV[2] ttl ms, ARGV[3] waiter id ('' = do not queue),
 -- ARGV[4] fence floor, ARGV[5] wake key prefix, ARGV[6] waiter liveness ms,
--- ARGV[7] turn ms
--- Returns {1, fence} when held by token, {0, pttl of the lock} otherwise.
+-- ARGV[7] turn ms, ARGV[8] hold-back ms after a data loss
+-- Returns {1, fence} when held by token, {0, pttl of the lock, recovering} otherwise
+-- (recovering is 1 while the lock is held back after a data loss).
+-- include: lock_common
 -- include: lock_grant
 local token, wid = ARGV[1], ARGV[3]
 local current = redis.call('GET', KEYS[1])
@@ -24,15 +26,20 @@ if not current then
     -- INCR before SET: if the counter holds garbage the script fails before writing.
     local fence = redis.call('INCR', KEYS[2])
     local floor = tonumber(ARGV[4])
-    if fence <= floor then
-      fence = floor + 1
-      redis.call('SET', KEYS[2], fence)
+    if fence > floor then
+      redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+      if turn then
+        redis.call('DEL', KEYS[4], ARGV[5] .. wid)
+      end
+      return {1, fence}
     end
-    redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
-    if turn then
-      redis.call('DEL', KEYS[4], ARGV[5] .. wid)
-    end
-    return {1, fence}
+    -- The counter is behind a fence the caller was given: Redis lost its data. A holder
+    -- from before the loss may still be renewing with a fence up to the lost counter, so
+    -- grant nothing yet: raise the counter to the floor and hold the lock back for a
+    -- while, during which that holder's renewal re-establishes its lease over it.
+    redis.call('SET', KEYS[2], floor)
+    redis.call('SET', KEYS[1], RECOVERING, 'PX', ARGV[8])
+    current = RECOVERING
   end
 end
 
@@ -47,4 +54,4 @@ if wid ~= '' and turn ~= wid then
   redis.call('PEXPIRE', KEYS[3], 2 * tonumber(ARGV[6]))
   redis.call('PEXPIRE', KEYS[5], 2 * tonumber(ARGV[6]))
 end
-return {0, redis.call('PTTL', KEYS[1])}
+return {0, redis.call('PTTL', KEYS[1]), current == RECOVERING and 1 or 0}

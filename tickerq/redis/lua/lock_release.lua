@@ -5,7 +5,10 @@
 -- ARGV[1] token or '', ARGV[2] waiter id or '', ARGV[3] our fence,
 -- ARGV[4] wake key prefix, ARGV[5] turn ms
 -- Returns 1 released; 2 already gone and nobody took it since (e.g. a retried
--- call whose first reply was lost); 0 not ours.
+-- call whose first reply was lost); 0 not ours. A holder that finds the lock held
+-- back after a data loss (it had not renewed since) raises the counter to its
+-- fence, so the next holder's is higher, and gets 0.
+-- include: lock_common
 -- include: lock_grant
 local result = 0
 local current = redis.call('GET', KEYS[1])
@@ -16,6 +19,12 @@ if ARGV[1] ~= '' then
     result = 1
   elseif not current and redis.call('GET', KEYS[2]) == ARGV[3] then
     result = 2
+  elseif current == RECOVERING then
+    local raw = redis.call('GET', KEYS[2])
+    local counter = tonumber(raw)
+    if (counter or not raw) and (counter or 0) < tonumber(ARGV[3]) then
+      redis.call('SET', KEYS[2], ARGV[3])
+    end
   end
 end
 

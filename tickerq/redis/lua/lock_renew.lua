@@ -2,10 +2,12 @@
 -- KEYS: lock_1, fence_1, lock_2, fence_2, ...
 -- ARGV: token_1, ttl_ms_1, fence_1, token_2, ttl_ms_2, fence_2, ...
 -- Returns one code per lease: 1 extended; 2 re-established after Redis lost its
--- data (lock and counter both gone); 0 lost (another owner, or the key deleted
+-- data (lock and counter both gone, or the lock held back as RECOVERING by an
+-- acquisition that noticed the loss); 0 lost (another owner, or the key deleted
 -- or expired while the counter survived, or a key of the wrong type).
 -- Whatever the outcome, the counter is raised to at least the lease's fence so
 -- fences never go backwards after a data loss.
+-- include: lock_common
 local codes = {}
 for i = 1, #KEYS / 2 do
   local lock, counter_key = KEYS[2 * i - 1], KEYS[2 * i]
@@ -20,7 +22,7 @@ for i = 1, #KEYS / 2 do
     if current == token then
       redis.call('PEXPIRE', lock, ttl)
       code = 1
-    elseif not current and counter_ok and not raw then
+    elseif counter_ok and ((not current and not raw) or current == RECOVERING) then
       redis.call('SET', lock, token, 'PX', ttl)
       code = 2
     end
