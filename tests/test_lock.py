@@ -437,15 +437,15 @@ def test_extend_finds_another_owner(managers: ManagerFactory, redis_client: redi
 def test_watchdog_keeps_lease_for_five_ttls_and_stops_after_release(
     managers: ManagerFactory, redis_client: redis.Redis
 ) -> None:
-    """A 0.6 s lease held 3 s stays ours with an unchanged fence; after release nothing renews it."""
+    """A 1 s lease held 5 s stays ours with an unchanged fence; after release nothing renews it."""
     manager, other = managers(owner="a"), managers(owner="b")
-    lock = manager.lock("job", ttl=0.6)
+    lock = manager.lock("job", ttl=1.0)
     lease = lock.acquire()
     thread = manager.watchdog.thread
     assert thread is not None
     assert THREAD_NAME == thread.name
     assert thread.daemon
-    deadline = time.monotonic() + 3.0
+    deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
         assert lease.token == redis_client.get("tickerq:lock:job")
         assert lease.held
@@ -456,7 +456,7 @@ def test_watchdog_keeps_lease_for_five_ttls_and_stops_after_release(
     assert "1" == redis_client.get("tickerq:lock:job:fence")
     assert lock.release() is True
     before = evalsha_calls(redis_client)
-    time.sleep(0.8)  # more than a ttl: a renewal would have run (and re-created the key)
+    time.sleep(1.2)  # more than a ttl: a renewal would have run (and re-created the key)
     assert before == evalsha_calls(redis_client)
     assert redis_client.get("tickerq:lock:job") is None
     assert [] == manager.watchdog.leases()
@@ -468,11 +468,11 @@ def test_renewals_are_batched_in_one_round_trip_per_tick(
 ) -> None:
     """Three leases with the same ttl are renewed by one script call per tick, not three."""
     manager = managers()
-    locks = [manager.lock(f"job-{i}", ttl=0.9) for i in range(3)]
+    locks = [manager.lock(f"job-{i}", ttl=1.5) for i in range(3)]
     for lock in locks:
         lock.acquire()
     before = evalsha_calls(redis_client)
-    time.sleep(1.8)  # about six ticks at ttl/3
+    time.sleep(3.0)  # about six ticks at ttl/3
     renewals = evalsha_calls(redis_client) - before
     assert 3 <= renewals <= 9  # unbatched would be about 18
     assert [True, True, True] == [lock.release() for lock in locks]
