@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from tickerq.redis.keys import Keys
@@ -39,7 +39,7 @@ def make_manager(
         port=port,
         socket_timeout=watchdog_timeout,
         socket_connect_timeout=watchdog_connect_timeout,
-        retry=None,
+        retry=Retry(NoBackoff(), 0),  # none
     )
     return LockManager(client, watchdog, Keys(INSTANCE), owner), client, watchdog
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import attrs
@@ -26,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.conftest import wait_until
+from tickerq import add_tickerq
 from tickerq.errors import ConfigurationError, InvalidKeyError, KeyTypeError, RedisUnavailableError
 from tickerq.events import EventHub, LeaderChanged, LeadershipAcquired, LeadershipLost
 from tickerq.redis.election import LeaderElection
@@ -345,7 +350,12 @@ def test_leader_demotes_when_redis_stops_and_leads_again_after(
 ) -> None:
     """Redis stopped: the leader demotes before its lease lapses, logging once; back empty: a higher term."""
     ended = threading.Event()
-    election = make(fault_server, "a", on_elected=lambda _, stop_event: stop_event.wait(10) and ended.set())
+
+    def work(_: int, stop_event: threading.Event) -> None:
+        if stop_event.wait(10):
+            ended.set()
+
+    election = make(fault_server, "a", on_elected=work)
     election.start()
     wait_for(lambda: election.is_leader)
     first = election.term
@@ -593,6 +603,233 @@ def test_forked_child_does_not_lead(redis_server: RedisServer, redis_client: red
     assert "a" == redis_client.hget(LEASE_KEY, "node")
 
 
+# -- stopping ----------------------------------------------------------------------
+
+
+class DelayProxy:
+    """A TCP proxy on loopback that delays every byte Redis sends by ``delay`` s: a far, slow link.
+
+    Requests go through at once, so a call's round trip takes ``delay`` more.
+    """
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self._target_port, self._delay = target_port, delay
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="test-proxy", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(("127.0.0.1", self._target_port))
+            for sock in (downstream, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sockets += [downstream, upstream]
+            threading.Thread(target=self._pump, args=(downstream, upstream, 0.0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, downstream, self._delay), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, delay: float) -> None:
+        """Copy ``source`` to ``sink``, each chunk ``delay`` s after it arrived, in order."""
+        chunks: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+
+        def send() -> None:
+            while True:
+                due, data = chunks.get()
+                time.sleep(max(0.0, due - time.monotonic()))
+                try:
+                    sink.sendall(data) if data else sink.shutdown(socket.SHUT_WR)
+                except OSError:
+                    return
+                if not data:
+                    return
+
+        threading.Thread(target=send, daemon=True).start()
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            chunks.put((time.monotonic() + delay, data))
+            if not data:
+                return
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
+
+    def close(self) -> None:
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()
+
+
+@contextlib.contextmanager
+def thread_hook(hook: Callable[[FrameType], None]) -> Iterator[None]:
+    """Call ``hook(frame)`` at every Python function call on the threads started inside the block.
+
+    No code is replaced: a hook that blocks holds its thread right there, as
+    if the OS had not scheduled it for a while, to land a call in a race
+    window deterministically.
+    """
+    previous = threading.gettrace()
+
+    def trace(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            hook(frame)
+
+    threading.settrace(trace)
+    try:
+        yield
+    finally:
+        threading.settrace(previous)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("during", ["idle", "renewal"])
+def test_stop_hands_over_at_once_when_redis_is_far(
+    redis_server: RedisServer, redis_client: redis.Redis, make: Make, during: str
+) -> None:
+    """Redis 150 ms away: stop() still deletes the lease, so another node leads within its retry period.
+
+    Stopped while idle, or while a renewal's reply is on its way.
+    """
+    proxy = DelayProxy(redis_server.port, 0.15)
+    client = proxy.client()
+    far = LeaderElection(client, KEYS, "a", "sched", lease=3, renew_deadline=2, retry_period=0.5)
+    try:
+        far.start()
+        wait_for(lambda: far.is_leader)
+        candidate = make(redis_server, "b")  # retry period RETRY
+        candidate.start()
+        wait_for(lambda: candidate.leader() == "a" and not candidate.is_leader)
+        if during == "renewal":  # Redis has just run a renewal; its reply arrives 150 ms later
+            wait_for(lambda: redis_client.pttl(LEASE_KEY) < 2800)
+            wait_for(lambda: redis_client.pttl(LEASE_KEY) > 2970, timeout=2)
+        else:  # the last reply has arrived, the next renewal is 250 ms away
+            wait_for(lambda: 2700 < redis_client.pttl(LEASE_KEY) < 2750, timeout=2)
+        started = time.monotonic()
+        far.stop()
+        stopped = time.monotonic()
+        assert stopped - started < 0.6 + NOISE
+        assert "a" != redis_client.hget(LEASE_KEY, "node")  # released, not left to lapse (2.5 s)
+        assert wait_for(lambda: candidate.is_leader, timeout=RETRY + SLACK) < RETRY + SLACK
+    finally:
+        far.stop()
+        client.close()
+        proxy.close()
+
+
+def test_request_stop_returns_at_once_and_wait_stopped_joins(
+    redis_server: RedisServer, redis_client: redis.Redis, make: Make
+) -> None:
+    """request_stop() demotes and returns without waiting; wait_stopped() joins the threads, lease gone."""
+    demoted: list[int] = []
+    election = make(redis_server, "a", on_demoted=demoted.append)
+    assert election.wait_stopped(0)  # never started: nothing to wait for
+    election.start()
+    wait_for(lambda: election.is_leader)
+    assert not election.wait_stopped(0)  # running: stop was not requested
+    threads = [t for t in threading.enumerate() if t.name.startswith("tickerq-election-sched")]
+    election.request_stop()
+    assert not election.is_leader
+    assert not election.running
+    assert election.wait_stopped(2)
+    assert [] == [t.name for t in threads if t.is_alive()]
+    assert [1] == demoted
+    assert 0 == redis_client.exists(LEASE_KEY)
+    assert election.wait_stopped(0)  # again: nothing left
+
+
+@pytest.mark.slow
+def test_context_close_stops_its_elections_together_while_redis_hangs(fault_server: RedisServer) -> None:
+    """Four leaders (15/10/2 s), Redis paused: RedisContext.close() ends them all in 0.7 s, not 4 x 0.5 s."""
+    container = add_tickerq(lambda o: o.add_redis(configuration=fault_server.address))
+    container.init_resources()
+    try:
+        ctx = container.redis_context()
+        elections = [ctx.leader_election(f"chores-{i}") for i in range(4)]
+        for election in elections:
+            election.start()
+        wait_for(lambda: all(election.is_leader for election in elections))
+        threads = [t for t in threading.enumerate() if t.name.startswith("tickerq-election-chores-")]
+        assert 12 == len(threads)  # each: election, callbacks, deadline timer
+        fault_server.pause()  # each leader's next call, the final release, now hangs
+        try:
+            started = time.monotonic()
+            ctx.close()
+            assert time.monotonic() - started <= 0.7
+        finally:
+            fault_server.resume()
+        assert [] == [t.name for t in threads if t.is_alive()]
+        assert not any(election.is_leader or election.running for election in elections)
+    finally:
+        container.shutdown_resources()
+
+
+def test_stop_right_after_a_promotion_waits_for_its_deadline_timer(
+    redis_server: RedisServer, make: Make
+) -> None:
+    """stop() while a new leadership is starting its deadline timer: the timer is joined too."""
+    election = make(redis_server, "a")
+    promoting, go = threading.Event(), threading.Event()
+
+    def hook(frame: FrameType) -> None:
+        thread = threading.current_thread().name
+        if thread == "tickerq-election-sched" and frame.f_code is threading.Thread.__init__.__code__:
+            if str(frame.f_locals.get("name")).endswith("-deadline"):
+                promoting.set()  # leading already; the timer is not built yet
+                go.wait(5)
+        elif thread == "tickerq-election-sched-deadline" and frame.f_code is threading.Thread.run.__code__:
+            time.sleep(0.3)  # the new timer is not scheduled for a while
+
+    with thread_hook(hook):  # open until the end: the timer thread starts late
+        election.start()
+        assert promoting.wait(5)
+        election.request_stop()
+        threading.Timer(0.1, go.set).start()  # the promotion finishes while wait_stopped() waits
+        assert election.wait_stopped(2)
+        assert [] == [t.name for t in threading.enumerate() if t.name.startswith("tickerq-election-sched")]
+
+
+@pytest.mark.slow
+def test_stop_landing_as_the_thread_begins_a_round_is_not_lost(redis_server: RedisServer, make: Make) -> None:
+    """stop() just as the election thread begins its next round (retry period 1 s): it ends at once."""
+    leader = make(redis_server, "b")
+    leader.start()
+    wait_for(lambda: leader.is_leader)
+    seen: list[str | None] = []
+    candidate = make(
+        redis_server, "a", lease=15, renew_deadline=10, retry_period=1, on_new_leader=seen.append
+    )
+    armed, beginning, go = threading.Event(), threading.Event(), threading.Event()
+
+    def hook(frame: FrameType) -> None:
+        # The election thread clears its wake-up event once per round, first thing.
+        if (
+            armed.is_set()
+            and frame.f_code is threading.Event.clear.__code__
+            and threading.current_thread().name == "tickerq-election-sched"
+        ):
+            armed.clear()
+            beginning.set()
+            go.wait(5)
+
+    with thread_hook(hook):
+        candidate.start()
+    wait_for(lambda: seen)  # its first round found b leading: it waits one retry period
+    armed.set()
+    assert beginning.wait(1 + SLACK)
+    candidate.request_stop()
+    go.set()
+    started = time.monotonic()
+    assert candidate.wait_stopped(2)
+    assert time.monotonic() - started < 0.5
+
+
 # -- node processes --------------------------------------------------------------
 
 
@@ -660,12 +897,17 @@ def cluster(redis_server: RedisServer) -> Iterator[Cluster]:
 def holder(client: redis.Redis) -> str | None:
     """The node holding the lease in Redis ('' while kept vacant counts as none)."""
     value = client.hget(LEASE_KEY, "node")
-    return value or None
+    return str(value) if value else None
 
 
 def wait_for_new_leader(client: redis.Redis, old: str, timeout: float = LEASE + RETRY + 5) -> float:
     """Wait until a node other than ``old`` holds the lease; return the seconds it took."""
     return wait_for(lambda: holder(client) not in (None, old), timeout=timeout)
+
+
+def samples(client: redis.Redis) -> list[str]:
+    """The beliefs the nodes sampled (see ``check_beliefs``), in order."""
+    return [str(sample) for sample in client.lrange("test:samples", 0, -1)]
 
 
 def wait_for_belief(client: redis.Redis, term: int) -> str:
@@ -733,7 +975,7 @@ def test_sigkill_leader_new_leader_within_lease_plus_retry(
         nodes.pop(leader).kill()
         assert wait_for_new_leader(redis_client, leader) < LEASE + RETRY + NOISE
     wait_for_belief(redis_client, 3)
-    assert [1, 2, 3] == check_beliefs(redis_client.lrange("test:samples", 0, -1))
+    assert [1, 2, 3] == check_beliefs(samples(redis_client))
 
 
 @pytest.mark.slow
@@ -747,7 +989,7 @@ def test_resign_new_leader_within_one_retry_period(cluster: Cluster, redis_clien
         nodes[leader].send("resign")
         assert wait_for_new_leader(redis_client, leader, timeout=retry + NOISE) < retry + NOISE
     wait_for_belief(redis_client, 3)
-    assert [1, 2, 3] == check_beliefs(redis_client.lrange("test:samples", 0, -1))
+    assert [1, 2, 3] == check_beliefs(samples(redis_client))
 
 
 @pytest.mark.slow
@@ -766,7 +1008,7 @@ def test_at_most_one_node_believes_it_leads(cluster: Cluster, redis_client: redi
     wait_for_belief(redis_client, 6)
     for node in nodes.values():
         node.close()  # leadership may move on while they stop, one by one
-    terms = check_beliefs(redis_client.lrange("test:samples", 0, -1))
+    terms = check_beliefs(samples(redis_client))
     assert [1, 2, 3, 4, 5, 6] == terms[:6]
     elected = [int(line.split()[2]) for line in redis_client.lrange("test:log", 0, -1) if " elected " in line]
     assert sorted(set(elected)) == sorted(elected)

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests import lock_worker
 from tests.conftest import wait_until
@@ -32,7 +34,7 @@ from tickerq.errors import (
 )
 from tickerq.redis import lock as lock_module
 from tickerq.redis.keys import Keys
-from tickerq.redis.lease import Renewal
+from tickerq.redis.lease import LOST, RENEW, Renewal, renew_arguments
 from tickerq.redis.lock import ACQUIRE, DEAD_WAITER_STALL_BOUND, RECOVERING, RELEASE, Lease, LockManager
 from tickerq.redis.watchdog import RENEWER_THREAD_NAME, THREAD_NAME, Watchdog
 from tickerq.testing import RedisServer
@@ -41,6 +43,7 @@ KEYS = Keys(lock_worker.INSTANCE)
 SPAWN = multiprocessing.get_context("spawn")
 #: How late a busy 2-core machine may run a thread that is due (a wake-up, a GIL hand-over).
 LATE = 0.1
+NO_RETRY = Retry(NoBackoff(), 0)
 TICKERQ_SOURCE = os.path.dirname(lock_module.__file__)
 
 ManagerFactory = Callable[..., LockManager]
@@ -81,10 +84,11 @@ def evalsha_calls(client: redis.Redis) -> int:
 
 
 class ReplyDroppingProxy:
-    """A TCP proxy in front of a redis-server that can lose one reply.
+    """A TCP proxy in front of a redis-server that can lose one reply, or hold replies back.
 
-    A real network fault after the request went through: Redis runs the command,
-    the proxy throws the reply away and cuts that client connection.
+    Real network faults after the request went through: Redis runs the command,
+    and the proxy throws the reply away and cuts that client connection, or
+    delivers it late.
     """
 
     def __init__(self, server: RedisServer) -> None:
@@ -92,6 +96,8 @@ class ReplyDroppingProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._drop = threading.Event()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._sockets: list[socket.socket] = []
         self._threads = [threading.Thread(target=self._accept)]
         self._threads[0].start()
@@ -99,6 +105,14 @@ class ReplyDroppingProxy:
     def drop_next_reply(self) -> None:
         """Lose the next reply Redis sends through the proxy, and cut its connection."""
         self._drop.set()
+
+    def hold_replies(self) -> None:
+        """Keep the replies Redis sends from now on until :meth:`pass_replies`."""
+        self._flowing.clear()
+
+    def pass_replies(self) -> None:
+        """Deliver the replies held back, and the next ones at once."""
+        self._flowing.set()
 
     def _accept(self) -> None:
         while True:
@@ -119,6 +133,8 @@ class ReplyDroppingProxy:
                 if replies and self._drop.is_set():
                     self._drop.clear()
                     break
+                if replies:
+                    self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -127,6 +143,7 @@ class ReplyDroppingProxy:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        self._flowing.set()
         self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         for sock in self._sockets:
@@ -177,7 +194,7 @@ def test_acquire_is_idempotent_for_the_same_token(
 ) -> None:
     """A retried acquire with the same token returns the same fence and does not increment the counter."""
     keys = lock_module.LockKeys.build(KEYS, "job")
-    args = ["tok-1", 30_000, "", 0, keys.wake_prefix, 1500, 500]
+    args: list[str | int] = ["tok-1", 30_000, "", 0, keys.wake_prefix, 1500, 500]
     with redis_server.client() as client:
         assert [1, 1] == ACQUIRE(client, keys.script_keys, args)
         assert [1, 1] == ACQUIRE(client, keys.script_keys, args)
@@ -278,7 +295,7 @@ def test_acquire_whose_reply_is_lost_lets_go(
 ) -> None:
     """The acquire script ran but its reply was lost on the way: the error propagates, the key is let go."""
     proxy = ReplyDroppingProxy(redis_server)
-    client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=5, retry=None)
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=5, retry=NO_RETRY)
     watchdog_client = redis_server.client(retry=None)
     manager = LockManager(client, watchdog_client, KEYS, "lossy")
     try:
@@ -431,6 +448,45 @@ def test_extend_finds_another_owner(managers: ManagerFactory, redis_client: redi
     assert lease.lost.is_set()
     assert lock.release() is False
     assert "intruder" == redis_client.get("tickerq:lock:job")
+
+
+def test_extend_in_flight_when_the_lease_is_declared_lost_raises(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """The deadline passes while extend()'s reply is delayed: lost stays lost, though Redis applied it."""
+    proxy = ReplyDroppingProxy(redis_server)
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=5, retry=NO_RETRY)
+    watchdog_client = redis_server.client(retry=None)
+    manager = LockManager(client, watchdog_client, KEYS, "slow-network")
+    errors: list[BaseException] = []
+
+    def extend() -> None:
+        try:
+            lock.extend(5)
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        lock = manager.lock("job", ttl=0.5, auto_renew=False)
+        lease = lock.acquire()
+        lock.extend(0.5)  # the renew script loaded, so the next reply is the extension's
+        proxy.hold_replies()
+        extender = threading.Thread(target=extend)
+        extender.start()
+        wait_until(lambda: redis_client.pttl("tickerq:lock:job") > 1000)  # Redis extended it...
+        assert lease.lost.wait(2)  # ...but the reply is late: the watchdog declares it lost on time
+        proxy.pass_replies()
+        extender.join(5)
+        assert not extender.is_alive()
+        assert [LockLostError] == [type(error) for error in errors]
+        assert "is lost" in str(errors[0])
+        assert not lease.held
+        assert lock.release() is False
+    finally:
+        manager.close()
+        client.close()
+        watchdog_client.close()
+        proxy.close()
 
 
 @pytest.mark.slow
@@ -686,6 +742,71 @@ def test_data_loss_holds_the_lock_back_for_the_longest_ttl(
     assert time.monotonic() - started >= 0.2
 
 
+def test_stale_lease_cannot_take_over_a_lock_held_back_after_data_loss(
+    managers: ManagerFactory, redis_client: redis.Redis
+) -> None:
+    """A late renewal of a lease whose key had expired (fence 1) finds the lock held back after a data
+    loss: it is lost, and the survivor (fence 2, the highest handed out) re-establishes its lease."""
+    stale_node, survivor_node = managers(owner="stale"), managers(owner="survivor")
+    stale = stale_node.lock("job", ttl=0.2, auto_renew=False).acquire()
+    assert 1 == stale.fence
+    wait_until(lambda: redis_client.get("tickerq:lock:job") is None)  # its holder stalled; the key expired
+    lost_calls: list[Lease] = []
+    survivor_lock = survivor_node.lock("job", ttl=5, auto_renew=False, on_lost=lost_calls.append)
+    survivor = survivor_lock.acquire()
+    assert 2 == survivor.fence
+    redis_client.flushall()  # Redis lost its data
+    with pytest.raises(LockTimeoutError):
+        survivor_node.lock("job", blocking=False).acquire()  # its floor is 2: the lock is held back
+    assert RECOVERING == redis_client.get("tickerq:lock:job")
+    assert "2" == redis_client.get("tickerq:lock:job:fence")
+    keys, args = renew_arguments([Renewal.of(stale)])
+    assert [LOST] == RENEW(redis_client, keys, args)  # the stalled holder's renewal arrives now
+    assert RECOVERING == redis_client.get("tickerq:lock:job")
+    survivor_lock.extend()  # the survivor's renewal re-establishes its lease
+    assert survivor.token == redis_client.get("tickerq:lock:job")
+    assert "2" == redis_client.get("tickerq:lock:job:fence")
+    assert survivor.held
+    assert survivor_lock.release() is True
+    with stale_node.lock("job", blocking=False) as after:
+        assert 3 == after.fence
+    assert [] == lost_calls
+
+
+def test_waiter_given_the_turn_keeps_its_place_while_the_lock_is_held_back(
+    managers: ManagerFactory, redis_client: redis.Redis
+) -> None:
+    """After a data loss the waiter whose turn it is parks RECOVERING: it stays first in line, and
+    acquires before the waiter behind it once the hold-back ends."""
+    b, c, d = managers(owner="b"), managers(owner="c"), managers(owner="d")
+    for _ in range(2):
+        with b.lock("job", ttl=1.5):
+            pass  # b remembers fence 2, and a 1.5 s ttl: its hold-back outlasts a turn and a poll
+    redis_client.flushall()  # Redis lost its data
+    holder = c.lock("job", ttl=30)
+    assert 1 == holder.acquire().fence  # c never held it: no floor (a documented limit)
+    order: list[tuple[str, int]] = []
+
+    def wait(manager: LockManager) -> None:
+        with manager.lock("job", ttl=1.5, wait_timeout=20) as lease:
+            order.append((manager.owner, lease.fence))
+
+    queue = KEYS.lock_queue("job")
+    threads = []
+    for manager in (b, d):
+        threads.append(threading.Thread(target=wait, args=(manager,), daemon=True))
+        threads[-1].start()
+        wait_until(lambda: len(threads) == redis_client.llen(queue))
+    holder.release()  # the turn goes to b, whose floor 2 is not below the counter: b parks RECOVERING
+    wait_until(lambda: RECOVERING == redis_client.get("tickerq:lock:job"), interval=0.002)
+    assert ["b", "d"] == [str(waiter).split(":")[0] for waiter in redis_client.lrange(queue, 0, -1)]
+    assert redis_client.get(KEYS.lock_turn("job")) is None
+    assert 2 == redis_client.zcard(KEYS.lock_waiters("job"))
+    for thread in threads:
+        thread.join(20)
+    assert [("b", 3), ("d", 4)] == order
+
+
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_paused_holder_loses_lock_to_higher_fence(
@@ -830,6 +951,7 @@ def test_failing_cleanup_of_a_resurrected_lease_does_not_stop_the_batch(
         watchdog = Watchdog(client, on_resurrected=cleanup_fails)
         before = kept.valid_until
         watchdog._renew([Renewal.of(released), Renewal.of(kept)])
+        watchdog.stop()  # closes the renewer's connection
     assert [released] == cleaned
     assert kept.valid_until > before
     assert kept.token == redis_client.get("tickerq:lock:kept")
@@ -864,6 +986,74 @@ def test_close_stops_watchdog_and_is_safe_twice(managers: ManagerFactory) -> Non
     assert not renewer.is_alive()
     with pytest.raises(LockError, match="closed"):
         manager.lock("job").acquire()
+
+
+@pytest.mark.slow
+def test_close_interrupts_a_renewer_connecting_to_a_frozen_redis(
+    fault_server: RedisServer, managers: ManagerFactory
+) -> None:
+    """Redis frozen while the renewer makes its first connection (5 s timeouts, the container's default):
+    close() ends both threads at once, and no renewal reaches Redis once it resumes."""
+    manager = managers(fault_server, watchdog_timeout=5.0, watchdog_connect_timeout=5.0)
+    ttl = 2.0
+    with fault_server.client(decode_responses=True) as admin:
+        lease = manager.lock("job", ttl=ttl).acquire()  # renewal due at ttl/3, on a connection not yet made
+        calls = evalsha_calls(admin)
+        watchdog, renewer = manager.watchdog.thread, manager.watchdog.renewer_thread
+        assert watchdog is not None
+        assert renewer is not None
+        fault_server.pause()
+        try:
+            wait_until(lease.renewing.locked, timeout=ttl, interval=0.005)  # the renewal is submitted...
+            time.sleep(0.2)  # ...and the renewer blocked in the connect handshake
+            started = time.monotonic()
+            manager.close()
+            took = time.monotonic() - started
+        finally:
+            fault_server.resume()
+        assert took < 0.5
+        assert not watchdog.is_alive()
+        assert not renewer.is_alive()
+        pttl = admin.pttl("tickerq:lock:job")
+        assert 0 < pttl < ttl * 1000 * 2 / 3
+        wait_until(lambda: -2 == admin.pttl("tickerq:lock:job"), timeout=ttl)  # expires unrenewed
+        assert calls == evalsha_calls(admin)
+
+
+def test_stop_at_any_line_of_the_watchdog_loop_ends_it_at_once(redis_server: RedisServer) -> None:
+    """stop() landing anywhere in the deadline loop's first pass (e.g. between its stop check and the
+    clear() of its wake-up event) ends the loop at once, not after its idle wait."""
+    with redis_server.client(retry=None) as client:
+        for step in range(1, 25):  # every line of the first pass, up to its wait (24 lines)
+            watchdog = Watchdog(client, on_resurrected=lambda lease: None)
+            started = time.monotonic()
+            interleave(step, watchdog._run, watchdog.stop)
+            assert time.monotonic() - started < 0.5, f"stop() at line {step} was lost"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_cannot_extend_the_parents_lease(
+    managers: ManagerFactory, redis_client: redis.Redis
+) -> None:
+    """A forked child's extend() of its parent's lease raises LockError and sends nothing."""
+    lock = managers().lock("job", ttl=30, auto_renew=False)
+    lock.acquire()
+    redis_client.pexpire("tickerq:lock:job", 10_000)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        status = 1
+        try:
+            lock.extend()
+        except LockLostError:
+            status = 2
+        except LockError as exc:
+            status = 0 if "fork" in str(exc) else 3
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert 0 == os.waitstatus_to_exitcode(status)
+    assert redis_client.pttl("tickerq:lock:job") <= 10_000
+    assert lock.release() is True
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

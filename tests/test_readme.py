@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from dependency_injector.containers import DynamicContainer
+
 from tickerq.testing import RedisServer
 
 README = Path(__file__).parent.parent / "README.md"
@@ -18,11 +20,13 @@ def python_blocks() -> list[str]:
 def test_readme_examples_run(redis_server: RedisServer) -> None:
     """Every runnable README example executes in order without error."""
     namespace: dict[str, object] = {}
+    containers: list[DynamicContainer] = []
     try:
         for block in python_blocks():
             exec(block.replace("localhost:6379", redis_server.address), namespace)
+            found = [v for v in namespace.values() if isinstance(v, DynamicContainer)]
+            containers += [container for container in found if container not in containers]
     finally:
-        container = namespace.get("container")
-        if container is not None:
-            container.shutdown_resources()  # type: ignore[attr-defined]
+        for container in containers:  # a later block may rebind ``container``: stop them all
+            container.shutdown_resources()
     assert len(python_blocks()) >= 5

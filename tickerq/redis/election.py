@@ -1,7 +1,9 @@
 """Leader election: one node at a time leads, on a Kubernetes-style lease in Redis.
 
-The lease and its scripts are in :mod:`tickerq.redis.election_lease`. The term
-increases at every new leadership so it can be passed on as a fence.
+The lease and its scripts are in :mod:`tickerq.redis.election_lease`, the
+leadership state and its deadline timer in
+:mod:`tickerq.redis.election_leadership`. The term increases at every new
+leadership so it can be passed on as a fence.
 
 Why at most one node believes it leads: a renewal sets the TTL when Redis runs
 it, after the request was sent; the leader believes it leads only until
@@ -37,7 +39,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from types import TracebackType
 from typing import TypeVar
@@ -55,6 +57,7 @@ from tickerq.events import (
     RedisConnectionRestored,
 )
 from tickerq.redis.callbacks import CallbackThread
+from tickerq.redis.election_leadership import Leadership
 from tickerq.redis.election_lease import ElectionLease, LeaseReply, LeaseTimings, Status, dedicated_client
 from tickerq.redis.keys import Keys, check_user_key
 from tickerq.redis.outage import OutageTracker
@@ -66,13 +69,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: The election thread's Redis calls give up after min(retry_period, this), so it
-#: stays responsive and ``stop()`` stays fast even while Redis hangs.
+#: stays responsive and ``stop()`` stays fast even while Redis hangs. It is also
+#: stopping's budget: the final release must be answered within it, counted from
+#: ``request_stop()``, or the lease is left to lapse.
 _MAX_CALL_TIMEOUT = 0.5
 
-#: A call slower than this (s) shows Redis slow: once stopping, the final
-#: release is then skipped (the lease lapses by itself), so ``stop()`` returns
-#: within one call timeout plus this even when Redis hangs.
-_SLOW_CALL = 0.1
+#: How long ``stop()`` and ``stop_all()`` wait for the threads by default (s).
+_STOP_TIMEOUT = 2.0
 
 
 class LeaderElection:
@@ -86,6 +89,10 @@ class LeaderElection:
     ``retry_period``. While this node leads, a daemon thread
     ``tickerq-election-{name}-deadline`` ends the leadership at its renew
     deadline, even while the election thread waits on Redis.
+
+    :meth:`stop` resigns and ends the threads. To stop several elections at
+    once, :meth:`request_stop` each (no waiting), then :meth:`wait_stopped`
+    each against one deadline, or use :meth:`stop_all`.
 
     Callbacks and events run in order on a daemon thread of their own,
     ``tickerq-election-{name}-callbacks``, never on the renewing thread; one
@@ -166,22 +173,16 @@ class LeaderElection:
         self._reset()
 
     def _reset(self) -> None:
-        """Fresh state for a start (also in a forked child, whose lock may be held)."""
-        self._lock = threading.Lock()  # the leadership state; never held while user code runs
-        self._transition = threading.RLock()  # keeps "elected" before "demoted" in the queue
+        """Fresh state for a start (also in a forked child, whose locks may be held)."""
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._leadership = Leadership(self.name, self._deadline_s, self._stop, self._began, self._ended)
         self._callbacks: CallbackThread | None = None
-        self._timer: threading.Thread | None = None
         self._redis: redis.Redis | None = None
         self._token = uuid.uuid4().hex  # one per leadership: an ended one is never resumed
         self._token_sent = False  # whether the token may hold the lease
-        self._last_call_s = 0.0
-        self._term: int | None = None
-        self._deadline = 0.0
-        self._ended: threading.Event | None = None
-        self._resign_pending = False
-        self._release_pending = False
+        self._release_by = 0.0  # once stopping: the final release must be answered by then (monotonic)
+        self._failed_stopping = False  # a call failed after stop was requested: Redis is unreachable
         self._step_back_until = 0.0
         self._observed: tuple[str | None, int] | None = None
         self._max_term = 0
@@ -208,8 +209,7 @@ class LeaderElection:
         """The term of this node's leadership (pass it on as a fence), or None when not leading."""
         if self._pid != os.getpid():
             return None  # a forked child: checked first, as the parent's lock may be held forever
-        with self._lock:
-            return self._term if time.monotonic() < self._deadline else None
+        return self._leadership.term
 
     def leader(self) -> str | None:
         """The current leader's node id as Redis has it, or None (one round trip).
@@ -258,45 +258,108 @@ class LeaderElection:
         """
         if not self.running:
             return
-        self._demote("resigned", resign=True)
+        self._leadership.end("resigned", resign=True)
         self._wake.set()
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
         """Resign, end the threads and close the election's pool. Safe to call twice.
 
-        Returns within milliseconds when Redis answers, and within one call
-        timeout plus 0.1 s (0.6 s with the default timings) when it hangs: the
-        lease is then left to lapse. In a forked child it does nothing.
+        The same as :meth:`request_stop` then :meth:`wait_stopped`. Returns
+        within a round trip or two when Redis answers, and within one call
+        timeout (``min(retry_period, 0.5 s)``) when it hangs. In a forked
+        child it does nothing.
 
         Args:
             timeout: How long to wait for the threads (a callback that ignores
                 ``stop_event`` can keep its thread busy; that is logged).
         """
-        thread = self._thread
-        if thread is None or self._pid != os.getpid() or self._stop.is_set():
+        self.request_stop()
+        self.wait_stopped(timeout)
+
+    def request_stop(self) -> None:
+        """Begin stopping and return at once (no I/O, no waiting). Safe to call twice.
+
+        The leadership ends now: ``is_leader`` is False, ``stop_event`` is set
+        and ``on_demoted`` is queued. The election thread is woken: once its
+        call in flight (if any) returns, it releases the lease, so another
+        node can take over at once, and ends. That release is skipped when
+        Redis failed at that call, and given up when no answer came within one
+        call timeout of this request: the lease then lapses by itself. Does
+        nothing unless started in this process; :meth:`wait_stopped` waits for
+        the threads.
+        """
+        if self._thread is None or self._pid != os.getpid() or self._stop.is_set():
             return
-        started = time.monotonic()
+        self._release_by = time.monotonic() + self._call_timeout  # before _stop: the thread reads it then
         self._stop.set()
         self._wake.set()
-        self._demote("stopped")
-        ends = started + timeout
-        for worker in (thread, self._timer):
-            if worker is not None and worker is not threading.current_thread():
-                worker.join(max(0.0, ends - time.monotonic()))
-        if thread.is_alive():
+        self._leadership.end("stopped")
+
+    def wait_stopped(self, timeout: float = _STOP_TIMEOUT) -> bool:
+        """Wait for the threads after :meth:`request_stop`, then close the election's pool.
+
+        Runs the callbacks queued until then (``on_demoted`` among them).
+        Safe to call twice; one that timed out may be called again.
+
+        Args:
+            timeout: How long to wait, in all (a callback that ignores
+                ``stop_event`` can keep its thread busy; that is logged).
+
+        Returns:
+            Whether every thread ended in time: True at once when never
+            started in this process; False at once when running and
+            :meth:`request_stop` was not called.
+        """
+        thread = self._thread
+        if thread is None or self._pid != os.getpid():
+            return True
+        if not self._stop.is_set():
+            return False
+        ends = time.monotonic() + timeout
+        current = threading.current_thread()
+        if thread is not current:
+            thread.join(timeout)
+        timer = self._leadership.timer  # read after the join: the election thread is what assigns it
+        if timer is not None and timer is not current:
+            timer.join(max(0.0, ends - time.monotonic()))
+        ended = not thread.is_alive() and (timer is None or not timer.is_alive())
+        if not ended:
             log.warning("election %r: thread did not end within %.1f s", self.name, timeout)
         callbacks, client = self._callbacks, self._redis
         if callbacks is not None and not callbacks.close(max(0.0, ends - time.monotonic())):
             log.warning("election %r: a callback was still running when stop() returned", self.name)
+            ended = False
         if client is not None:
             client.close()
+        return ended
+
+    @staticmethod
+    def stop_all(elections: Iterable[LeaderElection], timeout: float = _STOP_TIMEOUT) -> bool:
+        """Stop several elections together: all are told to stop first, then waited for by one deadline.
+
+        So this takes as long as the slowest of them, not their sum: within
+        one call timeout when Redis hangs, however many there are.
+
+        Returns:
+            Whether every election's threads ended within ``timeout``.
+        """
+        elections = list(elections)
+        for election in elections:
+            election.request_stop()
+        ends = time.monotonic() + timeout
+        ended = [election.wait_stopped(max(0.0, ends - time.monotonic())) for election in elections]
+        return all(ended)  # every one waited for, even after one timed out
 
     # -- the election thread -------------------------------------------------------
 
     def _run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while True:
+                # Cleared before _stop is read: a stop() from here on is either seen
+                # now or sets _wake again, which ends the wait below at once.
                 self._wake.clear()
+                if self._stop.is_set():
+                    break
                 try:
                     delay = self._step()
                 except Exception:
@@ -304,15 +367,12 @@ class LeaderElection:
                     delay = self._retry_s
                 self._wake.wait(delay)
         finally:
-            self._demote("stopped")
+            self._leadership.end("stopped")
             self._release()
 
     def _step(self) -> float:
         """One attempt; returns how long to wait before the next."""
-        with self._lock:
-            resigning, self._resign_pending = self._resign_pending, False
-            releasing, self._release_pending = self._release_pending, False
-            leading = self._term is not None
+        resigning, releasing, leading = self._leadership.take_requests()
         if resigning or releasing:
             self._release()  # a leadership ended (resigned, deadline passed): its lease goes too
             if resigning:
@@ -339,108 +399,67 @@ class LeaderElection:
             self._token_sent = False  # the script saw the lease is not ours: nothing to release
             self._report(reply)
             return self._until_lapse(reply.pttl_ms)
-        if not self._promote(reply.term, sent):
+        if not self._leadership.begin(reply.term, sent):
             self._release()  # resign() or stop() came meanwhile, or the reply came too late
             return 0.0
         return self._retry_s
 
     def _renew(self) -> float:
-        with self._lock:
-            term, deadline = self._term, self._deadline
+        term, deadline = self._leadership.current()
         sent = time.monotonic()
         if term is None:
             return 0.0
         if sent >= deadline:
-            self._demote("renew deadline passed")  # normally the deadline timer has done it
+            self._leadership.end("renew deadline passed")  # normally the deadline timer has done it
             return 0.0
         token = self._token
         reply = self._call(lambda client: self._ops.renew(client, token, term))
         if reply is None:
             return max(0.0, min(self._retry_s, deadline - time.monotonic()))
         if reply.status == Status.OURS:
-            with self._lock:
-                if self._term == term and time.monotonic() < self._deadline:
-                    self._deadline = sent + self._deadline_s
-                    return self._retry_s
+            if self._leadership.extend(term, sent):
+                return self._retry_s
             # The deadline passed while we waited (is_leader was already False), or the
             # leadership ended on another thread meanwhile; the next step releases the lease.
-            self._demote("renewed only after the renew deadline")
+            self._leadership.end("renewed only after the renew deadline")
             return 0.0
-        self._demote(_loss_reason(reply))
+        self._leadership.end(reply.loss_reason)
         self._token, self._token_sent = uuid.uuid4().hex, False  # the lease is not ours to release
         self._report(reply)
         return self._until_lapse(reply.pttl_ms)
 
-    def _promote(self, term: int, sent: float) -> bool:
-        with self._transition:
-            with self._lock:
-                if self._stop.is_set() or self._resign_pending or time.monotonic() >= sent + self._deadline_s:
-                    return False
-                ended = threading.Event()
-                self._term, self._deadline, self._ended = term, sent + self._deadline_s, ended
-            log.info("election %r: %s is the leader, term %d", self.name, self.node_id, term)
-            self._observe(self.node_id, term)
-            self._publish(LeadershipAcquired(election=self.name, node=self.node_id, term=term))
-            self._submit(self._on_elected, term, ended)
-        timer = threading.Thread(
-            target=self._expire, args=(ended,), name=f"tickerq-election-{self.name}-deadline", daemon=True
-        )
-        self._timer = timer
-        timer.start()
-        return True
+    def _began(self, term: int, stop_event: threading.Event) -> None:
+        """A leadership began (called by ``Leadership``, on the election thread): queue its news."""
+        log.info("election %r: %s is the leader, term %d", self.name, self.node_id, term)
+        self._observe(self.node_id, term)
+        self._publish(LeadershipAcquired(election=self.name, node=self.node_id, term=term))
+        self._submit(self._on_elected, term, stop_event)
 
-    def _expire(self, ended: threading.Event) -> None:
-        """The deadline timer: ends the leadership that ``ended`` belongs to at its renew deadline.
-
-        The deadline only moves later, so waking early just means waiting again.
-        """
-        while True:
-            with self._lock:
-                if self._ended is not ended:
-                    return
-                remaining = self._deadline - time.monotonic()
-            if remaining <= 0:
-                self._demote("renew deadline passed", ended)
-                return
-            ended.wait(remaining)
-
-    def _demote(
-        self, reason: str, leadership: threading.Event | None = None, *, resign: bool = False
-    ) -> None:
-        """End this node's leadership (only ``leadership``, if given), if any; from any thread, acts once.
-
-        With ``resign``, the election thread also releases the lease and steps
-        back, decided under the same lock so that no acquisition in flight
-        promotes us meanwhile.
-        """
-        with self._transition:
-            with self._lock:
-                if resign:
-                    self._resign_pending = True
-                term, ended = self._term, self._ended
-                if term is None or ended is None or leadership not in (None, ended):
-                    return
-                self._term = self._ended = None
-                self._release_pending = True
-            ended.set()
-            log.info("election %r: %s no longer leads term %d: %s", self.name, self.node_id, term, reason)
-            self._publish(LeadershipLost(election=self.name, node=self.node_id, term=term, reason=reason))
-            self._submit(self._on_demoted, term)
+    def _ended(self, term: int, reason: str) -> None:
+        """A leadership ended (called by ``Leadership``, on any thread): queue its news."""
+        log.info("election %r: %s no longer leads term %d: %s", self.name, self.node_id, term, reason)
+        self._publish(LeadershipLost(election=self.name, node=self.node_id, term=term, reason=reason))
+        self._submit(self._on_demoted, term)
 
     def _release(self) -> None:
         """Delete the lease if our token may hold it; never use that token again.
 
-        Once stopping, skipped when Redis failed or was slow at the last call:
-        the lease then lapses by itself (see ``_SLOW_CALL``).
+        Once stopping, skipped when Redis failed at the last call (it is
+        unreachable: the lease lapses by itself), else bounded by what is left
+        of stopping's budget (see ``request_stop``).
         """
         token, sent = self._token, self._token_sent
         self._token, self._token_sent = uuid.uuid4().hex, False
         if not sent:
             return
-        if self._stop.is_set() and (self._outage.in_outage or self._last_call_s > _SLOW_CALL):
-            log.debug("election %r: stopping while Redis is slow or down; the lease will lapse", self.name)
-            return
-        if self._call(lambda client: self._ops.release(client, token)) and self._observed is not None:
+        timeout: float | None = None
+        if self._stop.is_set():
+            timeout = self._release_by - time.monotonic()
+            if self._outage.in_outage or self._failed_stopping or timeout <= 0:
+                log.debug("election %r: stopping, Redis not answering; the lease will lapse", self.name)
+                return
+        released = self._call(lambda client: self._ops.release(client, token, timeout))
+        if released and self._observed is not None:
             self._observe(None, self._observed[1])
 
     def _report(self, reply: LeaseReply) -> None:
@@ -472,19 +491,21 @@ class LeaderElection:
 
     def _call(self, operation: Callable[[redis.Redis], T]) -> T | None:
         """Run ``operation`` on the election's pool; None when Redis failed (logged once per outage)."""
-        if self._redis is None:
+        client = self._redis
+        if client is None:
             return None
-        started = time.monotonic()
         try:
-            result = operation(self._redis)
+            result = operation(client)
         except redis.RedisError as exc:
+            if self._stop.is_set():  # the thread ends: no outage to report, nothing retried
+                self._failed_stopping = True
+                log.info("election %r: no release while stopping (%s); the lease lapses", self.name, exc)
+                return None
             if not self._outage.in_outage:
                 self._outage_since = time.monotonic()
                 self._publish(RedisConnectionLost(source=self._outage.source, error=str(exc)))
             self._outage.failed(exc)
             return None
-        finally:
-            self._last_call_s = time.monotonic() - started
         if self._outage.in_outage:
             lasted = time.monotonic() - self._outage_since
             self._publish(RedisConnectionRestored(source=self._outage.source, outage_seconds=lasted))
@@ -514,14 +535,3 @@ class LeaderElection:
         return (
             f"LeaderElection({self.name!r}, node={self.node_id!r}, running={self.running}, term={self.term})"
         )
-
-
-def _loss_reason(reply: LeaseReply) -> str:
-    """Why a renewal that did not find our token ends the leadership."""
-    if reply.status == Status.HELD:
-        if reply.holder is None:
-            return "Redis lost its data: the lease is kept vacant for one lease"
-        return f"lease taken by {reply.holder!r}, term {reply.term}"
-    if reply.status == Status.VACANT:
-        return f"lease vanished and term {reply.term} began since"
-    return "lease key overwritten"

@@ -9,10 +9,12 @@ compare-and-set on the token inside it (see ``lua/election_*.lua``).
 from __future__ import annotations
 
 import enum
+import time
 from typing import Any
 
 import attrs
 import redis
+from redis.exceptions import NoScriptError
 
 from tickerq.redis.connection import derive_pool
 from tickerq.redis.election_timings import LeaseTimings
@@ -54,6 +56,17 @@ class LeaseReply:
         if isinstance(holder, bytes):
             holder = holder.decode("utf-8", "replace")
         return cls(Status(int(status)), holder or None, int(term), int(pttl))
+
+    @property
+    def loss_reason(self) -> str:
+        """Why a renewal that got this reply (not ``OURS``) ends the leadership."""
+        if self.status == Status.HELD:
+            if self.holder is None:
+                return "Redis lost its data: the lease is kept vacant for one lease"
+            return f"lease taken by {self.holder!r}, term {self.term}"
+        if self.status == Status.VACANT:
+            return f"lease vanished and term {self.term} began since"
+        return "lease key overwritten"
 
 
 @attrs.frozen
@@ -97,13 +110,50 @@ class ElectionLease:
         keys = [self.key, self.keys.election_term(self.name)]
         return LeaseReply.parse(_RENEW(client, keys, [self.node_id, token, term, self.lease_ms]))
 
-    def release(self, client: redis.Redis, token: str) -> bool:
-        """Delete the lease if ``token`` holds it; returns whether it did."""
-        return bool(_RELEASE(client, [self.key], [token]))
+    def release(self, client: redis.Redis, token: str, timeout: float | None = None) -> bool:
+        """Delete the lease if ``token`` holds it; returns whether it did.
+
+        With ``timeout``, waits at most that long (s) for the reply, whatever
+        the client's socket timeout, and raises ``redis.TimeoutError`` after.
+        """
+        if timeout is None:
+            return bool(_RELEASE(client, [self.key], [token]))
+        return bool(_run_within(client, _RELEASE, [self.key], [token], timeout))
 
     def read(self, client: redis.Redis) -> LeaseReply:
         """Who holds the lease (``HELD`` or ``VACANT``; ``CORRUPT`` for garbage). Writes nothing."""
         return LeaseReply.parse(_READ(client, [self.key]))
+
+
+def _run_within(
+    client: redis.Redis, script: LuaScript, keys: list[str], args: list[str], timeout: float
+) -> Any:
+    """Run ``script`` on one of ``client``'s pooled connections, waiting at most ``timeout`` s for replies.
+
+    The connection is normally connected already (taking it may connect,
+    within the pool's own timeout). After any error it is disconnected, so a
+    late reply is never read as the next call's.
+    """
+    ends = time.monotonic() + timeout
+    pool = client.connection_pool
+    connection: Any = pool.get_connection()
+    try:
+        try:
+            return _round_trip(connection, ("EVALSHA", script.sha, len(keys), *keys, *args), ends)
+        except NoScriptError:  # a fresh server: send the body
+            return _round_trip(connection, ("EVAL", script.source, len(keys), *keys, *args), ends)
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
+
+
+def _round_trip(connection: Any, command: tuple[str | int, ...], ends: float) -> Any:
+    connection.send_command(*command, check_health=False)
+    if not connection.can_read(timeout=max(0.0, ends - time.monotonic())):
+        raise redis.TimeoutError("no reply from Redis in the time allowed")
+    return connection.read_response()
 
 
 def dedicated_client(client: redis.Redis, timeout: float) -> redis.Redis:

@@ -22,8 +22,11 @@ from before the loss may still be renewing with any fence up to the lost value.
 So it grants nothing yet: it raises the counter to the fence it remembers and
 parks ``RECOVERING`` in the lock key for the longest ttl, during which the
 surviving holder's next renewal re-establishes its lease over it and raises the
-counter to its own fence. The lock is granted, with a higher fence, once that
-holder releases it or the hold-back ends (waiters keep their place). Limits:
+counter to its own fence. Only a lease whose fence is at least the counter can:
+one with a lower fence is stale (its key had expired before the loss, and a
+later holder got a higher fence) and learns it lost the lock. The lock is
+granted, with a higher fence, once that holder releases it or the hold-back ends
+(waiters keep their place, the one whose turn it was at the front). Limits:
 
 - A process that never held the lock (or restarted since) has no floor: its
   first acquisition after the loss starts the counter again, possibly at a fence
@@ -161,8 +164,10 @@ class Lock:
         """Set the lock's remaining time to ``ttl`` (default: the lease's ttl) now.
 
         Raises:
-            LockLostError: The lease is lost or was released.
-            LockError: This Lock was never acquired.
+            LockLostError: The lease is lost or was released (also when it was declared
+                lost while the extension was in flight, even if Redis applied it).
+            LockError: This Lock was never acquired, or was acquired by another process
+                (a forked child cannot extend its parent's lease).
         """
         with self._mutex:
             lease = self._leases[-1] if self._leases else self._last
@@ -360,6 +365,10 @@ class LockManager:
 
     def _extend(self, lease: Lease, ttl: timedelta | None) -> None:
         """Set ``lease``'s remaining time to ``ttl`` (default its ttl); see :meth:`Lock.extend`."""
+        if lease.pid != os.getpid():
+            raise LockError(
+                f"lock {lease.name!r} was acquired by process {lease.pid}; a fork cannot extend it"
+            )
         lease.ensure_held()
         # One renewal of a lease at a time: Redis then applies them in the order they were
         # sent, so the ttl of the last one confirmed is the ttl Redis holds.
@@ -378,6 +387,9 @@ class LockManager:
             if ttl is not None:
                 lease.set_ttl(ttl)
             lease.confirm(sent_at, renewal.ttl)
+            # The watchdog may have declared it lost (its deadline passed) while the call was in
+            # flight: once lost, a lease stays lost, whatever Redis answered.
+            lease.ensure_held()
         finally:
             lease.renewing.release()
         self.watchdog.poke()

@@ -11,7 +11,9 @@ Two threads per lock manager, started when the first lease is registered:
   lease of the batch in it (one round trip per tick), on the manager's own small
   Redis client, so application traffic cannot starve renewals. It may block (in
   connect, say) for as long as the client's timeouts allow; while it does, the
-  watchdog thread goes on declaring leases lost on time.
+  watchdog thread goes on declaring leases lost on time. It keeps one connection
+  of its own (made by the client's pool), so that ``stop()`` can close it and end
+  a connect or read blocked on a frozen server at once.
 
 A lease is declared lost when renewal finds another owner, or when the time
 since its last successful renewal *request was sent* reaches the ttl minus a
@@ -56,13 +58,15 @@ class Watchdog:
     """Renews registered leases and declares them lost; started lazily.
 
     Huey's shape: ``stop()`` sets an event both threads wait on, so it returns
-    at once whatever the renewal interval. Fork-safe: a forked child never
-    believes the parent's threads run for it; it starts its own when it
-    registers a lease.
+    at once whatever the renewal interval; it also closes the renewer's
+    connection, so a renewal stuck on a frozen server cannot hold it up. Fork-safe:
+    a forked child never believes the parent's threads run for it; it starts its
+    own when it registers a lease.
 
     Args:
         client: A redis-py client on its own small pool, without retries (not
-            closed here); only the renewer thread uses it.
+            closed here); only the renewer thread uses it, through one connection
+            it makes with the pool and keeps.
         on_resurrected: Called on the renewer thread with a lease that a renewal
             re-established just after it was released; it deletes the key again.
     """
@@ -83,6 +87,10 @@ class Watchdog:
         self._in_flight = False
         self._thread: threading.Thread | None = None
         self._renewer: threading.Thread | None = None
+        # The renewer's connection: reachable from stop(), which closes it to end a blocked call.
+        self._conn: Any = None
+        # Held by the renewer from its last look at the stop flag until its request is sent.
+        self._send_lock = threading.Lock()
         self._closed = False
         self._next_wake = math.inf
         # Idle, the thread still wakes every ttl/3 of the last lease, so a new lease with
@@ -162,26 +170,58 @@ class Watchdog:
     def stop(self, timeout: float = 1.0) -> None:
         """Stop both threads and wait up to ``timeout`` seconds in all; safe to call twice.
 
-        A renewer blocked in a connect ends when the client's connect timeout
-        lets it; it sends nothing more after that.
+        No renewal is sent once this returns. A renewer blocked on a frozen
+        server (in a connect, or waiting for a reply) is woken by closing its
+        connection.
         """
         self._check_fork()
+        deadline = time.monotonic() + timeout
         with self._mutex:
             self._closed = True
             self._stop.set()
-            threads = [t for t in (self._thread, self._renewer) if t is not None]
+            watchdog, renewer = self._thread, self._renewer
         self._wake.set()
         self._job_ready.set()
-        deadline = time.monotonic() + timeout
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
+        current = threading.current_thread()
+        if watchdog is not None and watchdog is not current:
+            watchdog.join(max(0.0, deadline - time.monotonic()))  # it never blocks on I/O
+        self._wait_for_send(deadline)  # the renewer sends nothing after this
+        while renewer is not None and renewer is not current and renewer.is_alive():
+            # Again until it ends: a connect may have begun after the previous close.
+            self._disconnect()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            renewer.join(min(remaining, _REPLY_POLL / 2))
+        self._disconnect()
+
+    def _wait_for_send(self, deadline: float) -> None:
+        """Wait until a request being sent has gone out (or failed: a send blocked on a frozen
+        server ends when the connection is closed), at the latest until ``deadline``."""
+        while not self._send_lock.acquire(
+            timeout=min(_REPLY_POLL / 2, max(0.0, deadline - time.monotonic()))
+        ):
+            self._disconnect()
+            if time.monotonic() >= deadline:
+                return
+        self._send_lock.release()
+
+    def _disconnect(self) -> None:
+        """Close the renewer's connection (from any thread): a blocked connect or read ends now."""
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.disconnect()
+            except Exception as exc:  # closing is best effort; the socket is gone either way
+                log.debug("closing the lock renewer's connection failed: %s", exc)
 
     # -- the watchdog thread: deadlines and scheduling, never I/O -------------------
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
+            if self._stop.is_set():  # stop() set it and woke us just before the clear()
+                break
             with self._mutex:
                 self._next_wake = math.inf  # registrations during a tick wake the next wait
             try:
@@ -267,7 +307,8 @@ class Watchdog:
             try:
                 self._renew(job)
             except Exception as exc:  # a bug must not end renewals: back off and go on
-                self._failed(exc, job, unexpected=True)
+                if not self._stop.is_set():  # else stop() closed the connection under it
+                    self._failed(exc, job, unexpected=True)
             finally:
                 _finish(job)
                 self._in_flight = False
@@ -281,7 +322,8 @@ class Watchdog:
         except _Abandoned:
             return
         except redis.RedisError as exc:
-            self._failed(exc, job)
+            if not self._stop.is_set():  # else stop() closed the connection under it
+                self._failed(exc, job)
             return
         self._outage.succeeded()
         self._failures, self._retry_at = 0, 0.0
@@ -315,25 +357,59 @@ class Watchdog:
     def _call(self, keys: list[str], args: list[str | int], job: list[Renewal]) -> Any:
         pool = getattr(self._client, "connection_pool", None)
         if pool is None:  # not a plain client: fall back to a blocking call
-            return RENEW(self._client, keys, args)
-        conn = pool.get_connection()
+            with self._send_lock:
+                self._check_needed(job)
+                return RENEW(self._client, keys, args)
+        conn = self._connection(pool, job)
         try:
             try:
                 return self._round_trip(conn, ("EVALSHA", RENEW.sha, len(keys), *keys, *args), job)
             except NoScriptError:
                 return self._round_trip(conn, ("EVAL", RENEW.source, len(keys), *keys, *args), job)
         except BaseException:
+            conn.disconnect()  # a reply may still be on its way: start afresh next time
+            raise
+
+    def _connection(self, pool: Any, job: list[Renewal]) -> Any:
+        """The renewer's connection, connected and ready to send (what a pool's checkout does).
+
+        Made once and kept in ``_conn`` before it connects, so that :meth:`stop` can
+        close it while it blocks in the connect handshake on a frozen server.
+        """
+        self._check_needed(job)
+        if self._conn is None:
+            self._conn = pool.make_connection()
+        conn = self._conn
+        try:
+            conn.connect()  # nothing to do when connected
+            try:
+                stale = conn.can_read(timeout=0)  # a reply left over, or closed by the server
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                stale = True
+            if stale:
+                conn.disconnect()
+                conn.connect()
+        except BaseException:
             conn.disconnect()
             raise
-        finally:
-            pool.release(conn)
+        return conn
+
+    def _check_needed(self, job: list[Renewal]) -> None:
+        """Raise :class:`_Abandoned` once stop() was called or no lease in ``job`` needs the reply."""
+        if self._stop.is_set() or all(r.lease.lost.is_set() or r.lease.released for r in job):
+            raise _Abandoned("renewal no longer needed")
 
     def _round_trip(self, conn: Any, command: tuple[str | int, ...], job: list[Renewal]) -> Any:
-        conn.send_command(*command)
-        while not conn.can_read(timeout=_REPLY_POLL):
-            if self._stop.is_set() or all(r.lease.lost.is_set() or r.lease.released for r in job):
-                raise _Abandoned("renewal reply no longer needed")
-        return conn.read_response()
+        with self._send_lock:  # stop() either sees this request sent, or it is never sent
+            if self._stop.is_set():
+                raise _Abandoned("stopped before sending")
+            conn.send_command(*command)
+        while True:
+            if self._stop.is_set():  # stop() closed it: can_read() would connect again
+                raise _Abandoned("stopped while waiting for the reply")
+            if conn.can_read(timeout=_REPLY_POLL):
+                return conn.read_response()
+            self._check_needed(job)
 
 
 def _finish(job: list[Renewal]) -> None:

@@ -40,14 +40,19 @@ if not current then
     redis.call('SET', KEYS[2], floor)
     redis.call('SET', KEYS[1], RECOVERING, 'PX', ARGV[8])
     current = RECOVERING
+    if turn then
+      -- A waiter given the turn keeps its place: the turn ends, it goes back to the front.
+      redis.call('DEL', KEYS[4], ARGV[5] .. wid)
+    end
   end
 end
 
-if wid ~= '' and turn ~= wid then
+-- Here turn == wid only for a waiter that had the turn and parked RECOVERING.
+if wid ~= '' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if not redis.call('ZSCORE', KEYS[5], wid) then
-    redis.call('RPUSH', KEYS[3], wid)
+    redis.call(turn == wid and 'LPUSH' or 'RPUSH', KEYS[3], wid)
   end
   redis.call('ZADD', KEYS[5], now + tonumber(ARGV[6]), wid)
   -- The queue outlives its last live waiter by a little, never forever.
