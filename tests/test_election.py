@@ -6,10 +6,8 @@ import contextlib
 import itertools
 import logging
 import os
-import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.conftest import wait_until
+from tests.netfault import FaultProxy
 from tickerq import add_tickerq
 from tickerq.errors import ConfigurationError, InvalidKeyError, KeyTypeError, RedisUnavailableError
 from tickerq.events import EventHub, LeaderChanged, LeadershipAcquired, LeadershipLost
@@ -606,67 +605,6 @@ def test_forked_child_does_not_lead(redis_server: RedisServer, redis_client: red
 # -- stopping ----------------------------------------------------------------------
 
 
-class DelayProxy:
-    """A TCP proxy on loopback that delays every byte Redis sends by ``delay`` s: a far, slow link.
-
-    Requests go through at once, so a call's round trip takes ``delay`` more.
-    """
-
-    def __init__(self, target_port: int, delay: float) -> None:
-        self._target_port, self._delay = target_port, delay
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, name="test-proxy", daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                downstream, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            upstream = socket.create_connection(("127.0.0.1", self._target_port))
-            for sock in (downstream, upstream):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sockets += [downstream, upstream]
-            threading.Thread(target=self._pump, args=(downstream, upstream, 0.0), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, downstream, self._delay), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket, delay: float) -> None:
-        """Copy ``source`` to ``sink``, each chunk ``delay`` s after it arrived, in order."""
-        chunks: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
-
-        def send() -> None:
-            while True:
-                due, data = chunks.get()
-                time.sleep(max(0.0, due - time.monotonic()))
-                try:
-                    sink.sendall(data) if data else sink.shutdown(socket.SHUT_WR)
-                except OSError:
-                    return
-                if not data:
-                    return
-
-        threading.Thread(target=send, daemon=True).start()
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                data = b""
-            chunks.put((time.monotonic() + delay, data))
-            if not data:
-                return
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
-
-    def close(self) -> None:
-        self._listener.close()
-        for sock in self._sockets:
-            sock.close()
-
-
 @contextlib.contextmanager
 def thread_hook(hook: Callable[[FrameType], None]) -> Iterator[None]:
     """Call ``hook(frame)`` at every Python function call on the threads started inside the block.
@@ -697,8 +635,8 @@ def test_stop_hands_over_at_once_when_redis_is_far(
 
     Stopped while idle, or while a renewal's reply is on its way.
     """
-    proxy = DelayProxy(redis_server.port, 0.15)
-    client = proxy.client()
+    proxy = FaultProxy(redis_server.host, redis_server.port, reply_delay=0.15)
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=2, socket_connect_timeout=2)
     far = LeaderElection(client, KEYS, "a", "sched", lease=3, renew_deadline=2, retry_period=0.5)
     try:
         far.start()

@@ -8,7 +8,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import statistics
 import sys
 import threading
@@ -24,6 +23,7 @@ from redis.retry import Retry
 
 from tests import lock_worker
 from tests.conftest import wait_until
+from tests.netfault import FaultProxy
 from tickerq.errors import (
     ConfigurationError,
     KeyTypeError,
@@ -81,78 +81,6 @@ def stop_process(process: multiprocessing.process.BaseProcess) -> None:
 
 def evalsha_calls(client: redis.Redis) -> int:
     return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
-
-
-class ReplyDroppingProxy:
-    """A TCP proxy in front of a redis-server that can lose one reply, or hold replies back.
-
-    Real network faults after the request went through: Redis runs the command,
-    and the proxy throws the reply away and cuts that client connection, or
-    delivers it late.
-    """
-
-    def __init__(self, server: RedisServer) -> None:
-        self._upstream = (server.host, server.port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._drop = threading.Event()
-        self._flowing = threading.Event()
-        self._flowing.set()
-        self._sockets: list[socket.socket] = []
-        self._threads = [threading.Thread(target=self._accept)]
-        self._threads[0].start()
-
-    def drop_next_reply(self) -> None:
-        """Lose the next reply Redis sends through the proxy, and cut its connection."""
-        self._drop.set()
-
-    def hold_replies(self) -> None:
-        """Keep the replies Redis sends from now on until :meth:`pass_replies`."""
-        self._flowing.clear()
-
-    def pass_replies(self) -> None:
-        """Deliver the replies held back, and the next ones at once."""
-        self._flowing.set()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            upstream = socket.create_connection(self._upstream)
-            self._sockets += [client, upstream]
-            for source, sink, replies in ((client, upstream, False), (upstream, client, True)):
-                thread = threading.Thread(target=self._pipe, args=(source, sink, replies))
-                self._threads.append(thread)
-                thread.start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
-        try:
-            while data := source.recv(65536):
-                if replies and self._drop.is_set():
-                    self._drop.clear()
-                    break
-                if replies:
-                    self._flowing.wait()
-                sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._flowing.set()
-        self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for thread in self._threads:
-            thread.join(5)
-        for sock in self._sockets:
-            sock.close()
 
 
 # -- configuration ------------------------------------------------------------------
@@ -294,7 +222,7 @@ def test_acquire_whose_reply_is_lost_lets_go(
     redis_server: RedisServer, managers: ManagerFactory, redis_client: redis.Redis, blocking: bool
 ) -> None:
     """The acquire script ran but its reply was lost on the way: the error propagates, the key is let go."""
-    proxy = ReplyDroppingProxy(redis_server)
+    proxy = FaultProxy(redis_server.host, redis_server.port)
     client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=5, retry=NO_RETRY)
     watchdog_client = redis_server.client(retry=None)
     manager = LockManager(client, watchdog_client, KEYS, "lossy")
@@ -454,7 +382,7 @@ def test_extend_in_flight_when_the_lease_is_declared_lost_raises(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
     """The deadline passes while extend()'s reply is delayed: lost stays lost, though Redis applied it."""
-    proxy = ReplyDroppingProxy(redis_server)
+    proxy = FaultProxy(redis_server.host, redis_server.port)
     client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=5, retry=NO_RETRY)
     watchdog_client = redis_server.client(retry=None)
     manager = LockManager(client, watchdog_client, KEYS, "slow-network")
