@@ -304,8 +304,11 @@ def open_connections(options: RedisOptions | None) -> RedisConnections:
     pool: redis.ConnectionPool
     find_master: Callable[[], Endpoint | None] | None = None
     if settings.service_name is not None:
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            [(e.host, e.port) for e in settings.endpoints],
+        # Sentinels are TCP endpoints (the parser refuses unix sockets with serviceName).
+        sentinels: list[tuple[str, int]] = [(e.host, e.port) for e in settings.endpoints if e.host]
+        # redis-py < 8.2 leaves Sentinel's constructor untyped.
+        sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
+            sentinels,
             sentinel_kwargs={
                 "socket_timeout": kwargs["socket_timeout"],
                 "socket_connect_timeout": kwargs["socket_connect_timeout"],
