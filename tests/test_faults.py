@@ -159,3 +159,50 @@ def test_restart_in_a_forked_child_leaves_the_parent_working(redis_server: Redis
         wait_until(lambda: ctx.client.get("tickerq:hb:parent") != before)
     finally:
         container.shutdown_resources()
+
+
+@pytest.mark.slow
+def test_election_and_locks_follow_a_master_failover_between_endpoints() -> None:
+    """After the roles of two endpoints swap, the election leads again steadily on the new master
+    and a lock can be taken there."""
+    with RedisServer() as first, RedisServer() as second:
+        with second.client() as admin:
+            admin.replicaof(first.host, first.port)
+
+        def configure(options: TickerQOptions) -> None:
+            options.configure_scheduler(
+                node_identifier="n1",
+                leader_election="chores",
+                leader_lease=1.0,
+                leader_renew_deadline=0.6,
+                leader_retry_period=0.1,
+            )
+            options.add_redis(
+                configuration=f"{second.address},{first.address}",
+                node_heartbeat_interval=0.1,
+                outage_retry_interval=0.1,
+            )
+
+        container = add_tickerq(configure)
+        container.init_resources()
+        try:
+            election = container.leader_election()
+            assert election is not None
+            wait_until(lambda: election.is_leader)
+            with first.client() as a, second.client() as b:
+                b.replicaof("NO", "ONE")
+                a.replicaof(second.host, second.port)
+                # The new master's copy of the lease came from the old one: wait until the
+                # leadership is renewed *there*, which only an election that moved can do.
+                b.delete("tickerq:tq:election:chores")
+                wait_until(lambda: b.exists("tickerq:tq:election:chores") and election.is_leader, timeout=10)
+                deadline = time.monotonic() + 2.0  # steadily: leading for 2 s more, never lost
+                while time.monotonic() < deadline:
+                    assert election.is_leader
+                    time.sleep(0.05)
+                lock = container.redis_context().lock("after-failover", ttl=5, blocking=False)
+                assert lock.acquire()
+                assert b.exists("tickerq:lock:after-failover")
+                lock.release()
+        finally:
+            container.shutdown_resources()

@@ -13,10 +13,11 @@ from __future__ import annotations
 import functools
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
@@ -27,7 +28,7 @@ from tickerq.errors import ConfigurationError, ConnectionFailedError
 from tickerq.options import RedisOptions
 from tickerq.redis.config import ConnectionSettings, Endpoint, parse_configuration
 
-__all__ = ["RedisConnections", "derive_pool", "open_connections"]
+__all__ = ["ClientSource", "DerivedClients", "RedisConnections", "derive_pool", "open_connections"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,39 @@ def derive_pool(
     )
 
 
+class ClientSource(Protocol):
+    """Hands out clients on retry-free pools of their own, and takes them back.
+
+    Services that need a pool of their own (elections, later the scheduler)
+    get it here, so that its owner can repoint it after a master failover and
+    close it at shutdown.
+    """
+
+    def derive_client(self, size: int, timeout: float) -> redis.Redis:
+        """A client on a new pool of ``size`` connections that gives up a call after ``timeout`` s."""
+        ...
+
+    def release_client(self, client: redis.Redis) -> None:
+        """Disconnect a client from :meth:`derive_client`; its pool is no longer followed."""
+        ...
+
+
+class DerivedClients:
+    """A :class:`ClientSource` for a bare client: pools copied from its pool, closed on release."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
+    def derive_client(self, size: int, timeout: float) -> redis.Redis:
+        """See :meth:`ClientSource.derive_client`."""
+        pool = derive_pool(self._client.connection_pool, size, timeout, socket_timeout=timeout)
+        return redis.Redis(connection_pool=pool)
+
+    def release_client(self, client: redis.Redis) -> None:
+        """See :meth:`ClientSource.release_client`."""
+        client.connection_pool.disconnect()
+
+
 class RedisConnections:
     """The clients tickerq uses, and which of their pools it must close.
 
@@ -157,6 +191,7 @@ class RedisConnections:
         ]
         self.fail_fast, self.watchdog, self.heartbeat = (redis.Redis(connection_pool=p) for p in derived)
         self._owned_pools = ([template] if owns_client_pool else []) + derived
+        self._pools_lock = threading.Lock()  # derive_client/release_client come from other threads
         self.description = description
         self.abort_on_connect_fail = abort_on_connect_fail
         self._connect_retry = connect_retry
@@ -164,6 +199,30 @@ class RedisConnections:
         self._close_hooks: list[Callable[[], None]] = []
         self.reachable = False
         self.closed = False
+
+    def derive_client(self, size: int, timeout: float) -> redis.Redis:
+        """A client on a new retry-free pool that follows a failover and closes with the others.
+
+        Args:
+            size: The pool's maximum number of connections.
+            timeout: Connect and reply timeout of one call, in seconds.
+        """
+        pool = derive_pool(self.client.connection_pool, size, timeout, socket_timeout=timeout)
+        with self._pools_lock:
+            self._owned_pools.append(pool)
+        return redis.Redis(connection_pool=pool)
+
+    def release_client(self, client: redis.Redis) -> None:
+        """Disconnect a client from :meth:`derive_client` and stop following its pool."""
+        pool = client.connection_pool
+        with self._pools_lock:
+            if pool in self._owned_pools:
+                self._owned_pools.remove(pool)
+        pool.disconnect()
+
+    def _pools(self) -> list[redis.ConnectionPool]:
+        with self._pools_lock:
+            return list(self._owned_pools)
 
     def add_close_hook(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` before the pools close (for threads that use them)."""
@@ -235,7 +294,7 @@ class RedisConnections:
         ):
             return False
         log.warning("the Redis master moved to %s; reconnecting there", endpoint)
-        for pool in self._owned_pools:
+        for pool in self._pools():
             pool.connection_kwargs.update(host=endpoint.host, port=endpoint.port)
             pool.disconnect()
             pool.reset()  # drop the Connection objects: they keep their own host and port
@@ -255,7 +314,7 @@ class RedisConnections:
                 hook()
             except Exception:
                 log.exception("close hook %r failed", hook)
-        for pool in self._owned_pools:
+        for pool in self._pools():
             pool.disconnect()
 
     def __enter__(self) -> RedisConnections:

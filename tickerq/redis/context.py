@@ -193,6 +193,7 @@ class RedisContext:
             on_demoted=on_demoted,
             on_new_leader=on_new_leader,
             events=self.events,
+            clients=self.connections,
         )
         with self._elections_lock:
             self._elections.add(election)

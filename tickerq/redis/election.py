@@ -57,8 +57,9 @@ from tickerq.events import (
     RedisConnectionRestored,
 )
 from tickerq.redis.callbacks import CallbackThread
+from tickerq.redis.connection import ClientSource, DerivedClients
 from tickerq.redis.election_leadership import Leadership
-from tickerq.redis.election_lease import ElectionLease, LeaseReply, LeaseTimings, Status, dedicated_client
+from tickerq.redis.election_lease import ElectionLease, LeaseReply, LeaseTimings, Status
 from tickerq.redis.keys import Keys, check_user_key
 from tickerq.redis.outage import OutageTracker
 
@@ -122,6 +123,9 @@ class LeaderElection:
         on_new_leader: ``on_new_leader(node_id)`` when this node observes a new
             leadership: another node, itself, or ``None`` when the lease is seen
             vacant. Reported as seen at each attempt, nothing during outages.
+        clients: Where the election's own pool comes from; pass the
+            connections' owner so that the pool follows a master failover.
+            Default: a pool copied from ``client``'s.
         events: Where ``LeadershipAcquired``, ``LeadershipLost``,
             ``LeaderChanged``, ``RedisConnectionLost`` and
             ``RedisConnectionRestored`` are published, on the callback thread,
@@ -147,6 +151,7 @@ class LeaderElection:
         on_demoted: Callable[[int], None] | None = None,
         on_new_leader: Callable[[str | None], None] | None = None,
         events: EventHub | None = None,
+        clients: ClientSource | None = None,
     ) -> None:
         check_user_key("node_id", node_id)
         check_user_key("name", name)
@@ -163,6 +168,7 @@ class LeaderElection:
         self._retry_s = self.retry_period.total_seconds()
         self._call_timeout = min(self._retry_s, _MAX_CALL_TIMEOUT)
         self._client = client
+        self._clients = clients if clients is not None else DerivedClients(client)
         self._on_elected = on_elected
         self._on_demoted = on_demoted
         self._on_new_leader = on_new_leader
@@ -244,7 +250,7 @@ class LeaderElection:
             previous.join()  # after a stop() that timed out: the old thread must not see the new state
         self._pid = os.getpid()
         self._reset()
-        self._redis = dedicated_client(self._client, self._call_timeout)
+        self._redis = self._clients.derive_client(2, self._call_timeout)
         self._callbacks = CallbackThread(f"tickerq-election-{self.name}-callbacks")
         self._thread = threading.Thread(target=self._run, name=f"tickerq-election-{self.name}", daemon=True)
         self._thread.start()
@@ -330,7 +336,7 @@ class LeaderElection:
             log.warning("election %r: a callback was still running when stop() returned", self.name)
             ended = False
         if client is not None:
-            client.close()
+            self._clients.release_client(client)
         return ended
 
     @staticmethod

@@ -16,12 +16,11 @@ import attrs
 import redis
 from redis.exceptions import NoScriptError
 
-from tickerq.redis.connection import derive_pool
 from tickerq.redis.election_timings import LeaseTimings
 from tickerq.redis.keys import Keys
 from tickerq.redis.scripts import LuaScript
 
-__all__ = ["ElectionLease", "LeaseReply", "LeaseTimings", "Status", "dedicated_client"]
+__all__ = ["ElectionLease", "LeaseReply", "LeaseTimings", "Status"]
 
 _ACQUIRE = LuaScript("election_acquire")
 _RENEW = LuaScript("election_renew")
@@ -154,11 +153,3 @@ def _round_trip(connection: Any, command: tuple[str | int, ...], ends: float) ->
     if not connection.can_read(timeout=max(0.0, ends - time.monotonic())):
         raise redis.TimeoutError("no reply from Redis in the time allowed")
     return connection.read_response()
-
-
-def dedicated_client(client: redis.Redis, timeout: float) -> redis.Redis:
-    """A client on a new pool that connects like ``client``'s, but gives up after ``timeout`` s, no retries.
-
-    Closing the returned client closes its pool; ``client`` is not touched.
-    """
-    return redis.Redis.from_pool(derive_pool(client.connection_pool, 2, timeout, socket_timeout=timeout))
