@@ -14,6 +14,8 @@ __all__ = [
     "LockError",
     "LockLostError",
     "LockTimeoutError",
+    "RedisCommandError",
+    "RedisReadOnlyError",
     "RedisUnavailableError",
     "SerializationError",
     "TickerQError",
@@ -21,7 +23,24 @@ __all__ = [
 
 
 class TickerQError(Exception):
-    """The root of every exception tickerq raises."""
+    """The root of every exception tickerq raises.
+
+    Besides the message, errors carry structured fields, so callers and tests
+    need not parse messages; each is None when it does not apply.
+
+    Attributes:
+        operation: What tickerq was doing, e.g. ``"heartbeat"`` or ``"lock acquire"``.
+        key: The Redis key involved.
+        name: The lock, election, cache key or job the operation was about.
+    """
+
+    def __init__(
+        self, *args: object, operation: str | None = None, key: str | None = None, name: str | None = None
+    ) -> None:
+        super().__init__(*args)
+        self.operation = operation
+        self.key = key
+        self.name = name
 
 
 class ConfigurationError(TickerQError, ValueError):
@@ -34,6 +53,27 @@ class InvalidKeyError(TickerQError, ValueError):
 
 class RedisUnavailableError(TickerQError, ConnectionError):
     """Redis could not be reached, or did not answer in time."""
+
+
+class RedisReadOnlyError(RedisUnavailableError):
+    """Redis refused a write because the server is a read-only replica.
+
+    Usually a failover in progress: tickerq looks for the new master and a
+    retry soon after succeeds.
+    """
+
+
+class RedisCommandError(TickerQError, RuntimeError):
+    """Redis refused a command for a reason a retry does not fix by itself.
+
+    Attributes:
+        code: The error code Redis replied with, e.g. ``"OOM"`` (``maxmemory``
+            reached with ``noeviction``), ``"NOPERM"`` (an ACL rule) or ``"ERR"``.
+    """
+
+    def __init__(self, *args: object, code: str = "ERR", **fields: str | None) -> None:
+        super().__init__(*args, **fields)
+        self.code = code
 
 
 class ConnectionFailedError(RedisUnavailableError):

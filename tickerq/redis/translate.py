@@ -1,4 +1,23 @@
-"""Map redis-py exceptions onto tickerq's hierarchy at the API boundary."""
+"""The one translation of redis-py exceptions into tickerq's hierarchy.
+
+Every module that talks to Redis re-raises through :func:`translate` (or the
+:func:`translate_errors` block), so a caller only ever sees ``TickerQError``s,
+with the operation, key and name as structured fields:
+
+=========================================  ===========================
+redis-py / server reply                    tickerq
+=========================================  ===========================
+connection refused, lost, timed out        ``RedisUnavailableError``
+``LOADING``, ``BUSY``, ``MASTERDOWN``,     ``RedisUnavailableError``
+``TRYAGAIN``, ``CLUSTERDOWN``
+``READONLY`` (a replica, mid-failover)     ``RedisReadOnlyError``
+``WRONGTYPE``, our scripts' type replies   ``KeyTypeError``
+``OOM``, ``NOPERM``, anything else         ``RedisCommandError(code=...)``
+=========================================  ===========================
+
+``NOSCRIPT`` never gets here: :class:`~tickerq.redis.scripts.LuaScript` sends
+the script body and retries once.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +26,83 @@ from contextlib import contextmanager
 
 import redis
 
-from tickerq.errors import KeyTypeError, RedisUnavailableError
+from tickerq.errors import (
+    KeyTypeError,
+    RedisCommandError,
+    RedisReadOnlyError,
+    RedisUnavailableError,
+    TickerQError,
+)
 
-__all__ = ["translate_errors"]
+__all__ = ["error_code", "translate", "translate_errors"]
 
 #: Our Lua scripts start type-error replies with this.
 _OUR_WRONG_TYPE = "TICKERQ_WRONGTYPE "
 
+#: Replies that mean "not now": the server is loading, busy or between masters.
+_TRANSIENT = frozenset({"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"})
 
-@contextmanager
-def translate_errors(operation: str) -> Iterator[None]:
-    """Re-raise redis-py errors from the block as tickerq errors.
+#: redis-py's classes for codes it strips from the message.
+_CODES: tuple[tuple[type[redis.RedisError], str], ...] = (
+    (redis.exceptions.ReadOnlyError, "READONLY"),
+    (redis.exceptions.OutOfMemoryError, "OOM"),
+    (redis.exceptions.NoPermissionError, "NOPERM"),
+    (redis.exceptions.BusyLoadingError, "LOADING"),
+    (redis.exceptions.MasterDownError, "MASTERDOWN"),
+    (redis.exceptions.TryAgainError, "TRYAGAIN"),
+    (redis.exceptions.ClusterDownError, "CLUSTERDOWN"),
+    (redis.exceptions.NoScriptError, "NOSCRIPT"),
+)
+
+
+def error_code(exc: redis.RedisError) -> str:
+    """The Redis error code of a reply error (``"ERR"`` when there is none)."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    status: object = getattr(exc, "status_code", None)  # redis-py >= 8.2
+    if isinstance(status, str) and status:
+        return status
+    first = str(exc).split(" ", 1)[0]
+    return first if first.isupper() and first.isalpha() else "ERR"
+
+
+def translate(
+    exc: redis.RedisError, operation: str, *, key: str | None = None, name: str | None = None
+) -> TickerQError:
+    """The tickerq error for a redis-py error (to ``raise ... from exc``).
 
     Args:
-        operation: What was being done, for the message (e.g. ``"get_dead_nodes"``).
-
-    Raises:
-        RedisUnavailableError: Connection refused, lost or timed out.
-        KeyTypeError: A key holds a Redis type or value tickerq did not write.
+        exc: What redis-py raised.
+        operation: What was being done, for the message and the ``operation`` field.
+        key: The Redis key involved, if one.
+        name: The lock, election or cache key the caller named, if one.
     """
+    fields: dict[str, str | None] = {"operation": operation, "key": key, "name": name}
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return RedisUnavailableError(
+            f"{operation}: Redis is unavailable ({type(exc).__name__}: {exc})", **fields
+        )
+    text = str(exc)
+    marker = text.find(_OUR_WRONG_TYPE)
+    if marker >= 0:
+        return KeyTypeError(f"{operation}: {text[marker + len(_OUR_WRONG_TYPE) :]}", **fields)
+    code = error_code(exc)
+    if code == "WRONGTYPE" or "WRONGTYPE" in text:
+        return KeyTypeError(f"{operation}: a key holds the wrong Redis type ({text})", **fields)
+    if code == "READONLY":
+        return RedisReadOnlyError(
+            f"{operation}: Redis refused the write: the server is a read-only replica ({text})", **fields
+        )
+    if code in _TRANSIENT:
+        return RedisUnavailableError(f"{operation}: Redis cannot answer now ({code} {text})", **fields)
+    return RedisCommandError(f"{operation}: Redis refused the command ({code}: {text})", code=code, **fields)
+
+
+@contextmanager
+def translate_errors(operation: str, *, key: str | None = None, name: str | None = None) -> Iterator[None]:
+    """Re-raise redis-py errors from the block as tickerq errors (see :func:`translate`)."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise RedisUnavailableError(
-            f"{operation}: Redis is unavailable ({type(exc).__name__}: {exc})"
-        ) from exc
-    except redis.ResponseError as exc:
-        text = str(exc)
-        if text.startswith("WRONGTYPE "):
-            raise KeyTypeError(f"{operation}: a key holds the wrong Redis type ({text})") from exc
-        marker = text.find(_OUR_WRONG_TYPE)
-        if marker >= 0:
-            raise KeyTypeError(f"{operation}: {text[marker + len(_OUR_WRONG_TYPE) :]}") from exc
-        raise
+    except redis.RedisError as exc:
+        raise translate(exc, operation, key=key, name=name) from exc
