@@ -183,7 +183,7 @@ def test_host_that_is_not_a_dns_name_is_refused_when_configured(host: str) -> No
 
 
 def test_node_started_during_an_outage_registers_within_the_retry_interval(fault_server: RedisServer) -> None:
-    """With Redis down at init (default 1 min interval), the node registers within outage_retry_interval of Redis coming up."""
+    """Redis down at init, 1 min interval: the node registers within outage_retry_interval once it is up."""
     fault_server.stop()
     container = add_tickerq(
         lambda o: (
