@@ -23,7 +23,7 @@ from tickerq import (
     TickerQOptions,
     add_tickerq,
 )
-from tickerq.testing import RedisServer
+from tickerq.testing import RedisServer, free_port
 
 
 def heartbeat_threads() -> list[threading.Thread]:
@@ -212,7 +212,7 @@ def test_node_started_during_an_outage_registers_within_the_retry_interval(fault
 
 def test_unreachable_with_abort_raises_quickly() -> None:
     """abort_on_connect_fail=True with nothing listening: init_resources raises ConnectionFailedError."""
-    port = RedisServer().port
+    port = free_port()
     container = add_tickerq(lambda o: o.add_redis(configuration=f"127.0.0.1:{port}", connect_retry=1))
     started = time.monotonic()
     with pytest.raises(ConnectionFailedError, match=f"127.0.0.1:{port}"):
