@@ -258,6 +258,21 @@ def test_inconsistent_timings_by_keyword_are_refused_and_change_nothing(
     assert SchedulerOptions() == options.scheduler
 
 
+def test_refused_keywords_do_not_count_as_assigned_timings() -> None:
+    """A refused configure_scheduler(leader_lease=...) leaves no lease to constrain later assignments."""
+    options = TickerQOptions()
+    with pytest.raises(ConfigurationError):
+        options.configure_scheduler(leader_lease=15, leader_renew_deadline=20)
+
+    def configure(s: SchedulerOptions) -> None:
+        s.leader_retry_period = 13  # type: ignore[assignment]  # fits a lease above 15.6 s, set next
+        s.leader_lease = 20  # type: ignore[assignment]
+        s.leader_renew_deadline = 16  # type: ignore[assignment]
+
+    scheduler = options.configure_scheduler(configure)
+    assert timedelta(seconds=20) == scheduler.leader_lease
+
+
 def test_timing_against_a_default_is_refused_when_the_callback_returns() -> None:
     """leader_lease=5 in a callback (deadline left at 10 s) is refused when configure_scheduler returns."""
     options = TickerQOptions()

@@ -162,7 +162,8 @@ class _Options:
         for name in fields:
             if name not in names:
                 raise _unknown_option(type(self).__name__, name, names)
-        before = {name: getattr(self, name) for name in fields}
+        # Every field, private bookkeeping too (which timings were assigned).
+        before = {field.name: getattr(self, field.name) for field in attrs.fields(type(self))}  # type: ignore[arg-type]
         try:
             for name, value in fields.items():
                 setattr(self, name, value)
