@@ -42,6 +42,14 @@ def main() -> None:
         server = RedisServer().start()
         configuration = server.address
         print(f"started a throw-away redis-server on {configuration}")
+    try:
+        run(configuration)
+    finally:
+        if server is not None:
+            server.close()  # stops it and removes its directory, also after an error
+
+
+def run(configuration: str) -> None:
     nodes = {name: start_node(name, configuration) for name in ("web-01", "web-02", "web-03")}
     ctx = nodes["web-01"].redis_context()
     print("registered nodes:", ctx.get_registered_nodes())
@@ -62,8 +70,6 @@ def main() -> None:
 
     for container in nodes.values():
         container.shutdown_resources()
-    if server is not None:
-        server.close()
 
 
 if __name__ == "__main__":

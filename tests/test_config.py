@@ -387,6 +387,56 @@ def test_misspelt_password_option_is_not_echoed() -> None:
     assert SECRET not in message
 
 
+# --- host names ---------------------------------------------------------------------------
+
+LABEL_63 = "a" * 63
+HUGE_HOST = "h" * 10_000
+
+
+@pytest.mark.parametrize(
+    ("text", "host"),
+    [
+        ("a..b:6379", "'a..b'"),
+        ("a..b", "'a..b'"),
+        (f"{'x' * 64}.example.com:6379", "'xxxxxxxx"),
+        (f"server={'x' * 64}", "'xxxxxxxx"),
+        (".".join([LABEL_63] * 4) + ":6379", "255 characters"),
+        (f"{HUGE_HOST}:6379", "10000 characters"),
+        ("redis://a..b:6379/0", "'a..b'"),
+        (f"rediss://{'x' * 64}:6380", "'xxxxxxxx"),
+        (f"redis://{HUGE_HOST}", "10000 characters"),
+        ("ok-host:6379,a..b:6380", "'a..b'"),
+    ],
+)
+def test_host_that_is_not_a_dns_name_is_rejected(text: str, host: str) -> None:
+    """A host with an empty label, a label over 63 characters or over 253 in all is a ConfigurationError."""
+    message = error_for(text)
+    assert host in message
+    assert "DNS name" in message
+    assert "1 to 63" in message
+    assert len(message) < 400  # a huge host is truncated, not echoed whole
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"{LABEL_63}.example.com:6379", ep(f"{LABEL_63}.example.com")),
+        (".".join([LABEL_63] * 3) + "." + "b" * 61, ep(".".join([LABEL_63] * 3) + "." + "b" * 61)),
+        ("localhost.", ep("localhost.")),
+        ("redis_1:6379", ep("redis_1")),
+        ("10.0.0.1:7000", ep("10.0.0.1", 7000)),
+        ("[::1]:7000", ep("::1", 7000)),
+        ("[2001:db8::5]", ep("2001:db8::5")),
+        (f"redis://{LABEL_63}.example.com/0", ep(f"{LABEL_63}.example.com")),
+        ("redis://[::1]:7000", ep("::1", 7000)),
+        ("unix:///run/a..b/redis.sock", Endpoint(unix_path="/run/a..b/redis.sock")),
+    ],
+)
+def test_valid_hosts_addresses_and_sockets_still_parse(text: str, expected: Endpoint) -> None:
+    """Labels up to 63 characters, 253 in all, a trailing dot, IPv4/IPv6 literals and unix sockets parse."""
+    assert (expected,) == parse_configuration(text).endpoints
+
+
 # --- passwords holding separators ------------------------------------------------------
 
 TAIL = "SECRETTAIL"
@@ -688,6 +738,22 @@ def test_any_text_parses_or_raises_configuration_error(text: str) -> None:
     except ConfigurationError:
         return
     assert parsed.endpoints
+
+
+_host_pieces = st.sampled_from(["a", "b1", ".", "..", "-", "_", "x" * 60, ":6379", ",", "[::1]"])
+
+
+@given(pieces=st.lists(_host_pieces, min_size=1))
+def test_parsed_hosts_encode_as_idna(pieces: list[str]) -> None:
+    """Every host that parses is one the socket layer can encode (no UnicodeError at connect time)."""
+    for prefix in ("", "redis://"):
+        try:
+            parsed = parse_configuration(prefix + "".join(pieces))
+        except ConfigurationError:
+            continue
+        for endpoint in parsed.endpoints:
+            if endpoint.host is not None:
+                endpoint.host.encode("idna")
 
 
 # Passwords a user might paste unencoded: separators of both notations and URL delimiters.

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tickerq.errors import ConnectionFailedError
 from tickerq.options import RedisOptions
 from tickerq.redis.connection import RedisConnections, open_connections
-from tickerq.testing import RedisServer
+from tickerq.testing import RedisServer, free_port
 
 PASSWORD = "s3cret-Pa55"
 
 
 @pytest.fixture(scope="module")
-def secured() -> Iterator[RedisServer]:
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A password-protected server, reachable over 127.0.0.1, ::1 and a unix socket."""
-    sock = Path(tempfile.mkdtemp(prefix="tickerq-sock-")) / "redis.sock"
+    sock = tmp_path_factory.mktemp("sock") / "redis.sock"
     extra = ("--bind", "127.0.0.1", "::1", "--unixsocket", str(sock), "--unixsocketperm", "700")
     with RedisServer(password=PASSWORD, extra_args=extra) as server:
         server.unix_socket = str(sock)  # type: ignore[attr-defined]
@@ -82,12 +80,12 @@ def test_wrong_password_names_endpoint_not_password(secured: RedisServer) -> Non
     message = str(caught.value)
     assert f"127.0.0.1:{secured.port}" in message
     assert "wrong-Secret-1" not in message
-    assert "Authentication" in message or "invalid" in message.lower()
+    assert "authentication failed: wrong user name or password" in message
 
 
 def test_unreachable_server_fails_fast_with_abort(secured: RedisServer) -> None:
     """Nothing listening: init raises within a bounded time and names the endpoint."""
-    port = RedisServer().port  # free, nothing listening
+    port = free_port()  # nothing listening
     connections = connect(f"127.0.0.1:{port},connectRetry=1,connectTimeout=500")
     started = time.monotonic()
     with pytest.raises(ConnectionFailedError, match=f"127.0.0.1:{port}"):
@@ -98,7 +96,7 @@ def test_unreachable_server_fails_fast_with_abort(secured: RedisServer) -> None:
 def test_unreachable_server_without_abort_starts(caplog: pytest.LogCaptureFixture) -> None:
     """abort_on_connect_fail=False (or abortConnect=false): init logs and returns."""
     caplog.set_level(logging.WARNING)
-    port = RedisServer().port
+    port = free_port()
     with connect(f"127.0.0.1:{port},abortConnect=false,connectRetry=0") as connections:
         assert not connections.closed
     assert "not reachable yet" in caplog.text

@@ -23,7 +23,7 @@ from tickerq import (
     TickerQOptions,
     add_tickerq,
 )
-from tickerq.testing import RedisServer
+from tickerq.testing import RedisServer, free_port
 
 
 def heartbeat_threads() -> list[threading.Thread]:
@@ -169,9 +169,50 @@ def test_node_without_abort_comes_up_when_redis_does(fault_server: RedisServer) 
         container.shutdown_resources()
 
 
+@pytest.mark.parametrize("host", ["a..b", "x" * 64 + ".example.com", "h" * 10_000])
+def test_host_that_is_not_a_dns_name_is_refused_when_configured(host: str) -> None:
+    """A host the resolver cannot encode is a ConfigurationError at add_redis, even without abort."""
+    with pytest.raises(ConfigurationError, match="not a DNS name"):
+        add_tickerq(lambda o: o.add_redis(configuration=f"{host}:6379", abort_on_connect_fail=False))
+    with pytest.raises(ConfigurationError, match="not a DNS name"):
+        add_tickerq(
+            lambda o: o.add_redis(
+                lambda r: setattr(r, "configuration", f"redis://{host}:6379/0"), abort_on_connect_fail=False
+            )
+        )
+
+
+def test_node_started_during_an_outage_registers_within_the_retry_interval(fault_server: RedisServer) -> None:
+    """Redis down at init, 1 min interval: the node registers within outage_retry_interval once it is up."""
+    fault_server.stop()
+    container = add_tickerq(
+        lambda o: (
+            o.configure_scheduler(node_identifier="late"),
+            o.add_redis(
+                configuration=fault_server.address,
+                abort_on_connect_fail=False,
+                connect_retry=0,
+                outage_retry_interval=0.5,
+            ),
+        )
+    )
+    container.init_resources()
+    try:
+        assert timedelta(minutes=1) == container.options().redis.node_heartbeat_interval
+        fault_server.start()
+        up = time.monotonic()
+        with fault_server.client(decode_responses=True) as client:
+            wait_until(lambda: client.exists("tickerq:hb:late"), timeout=3)
+            registered = time.monotonic() - up
+            assert ["late"] == container.redis_context().get_registered_nodes()
+        assert registered < 0.5 + 1.0  # one retry interval, plus slack for a loaded machine
+    finally:
+        container.shutdown_resources()
+
+
 def test_unreachable_with_abort_raises_quickly() -> None:
     """abort_on_connect_fail=True with nothing listening: init_resources raises ConnectionFailedError."""
-    port = RedisServer().port
+    port = free_port()
     container = add_tickerq(lambda o: o.add_redis(configuration=f"127.0.0.1:{port}", connect_retry=1))
     started = time.monotonic()
     with pytest.raises(ConnectionFailedError, match=f"127.0.0.1:{port}"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dependency_injector.containers import DynamicContainer
 
+from tickerq import add_tickerq
 from tickerq.testing import RedisServer
 
 README = Path(__file__).parent.parent / "README.md"
@@ -18,9 +19,17 @@ def python_blocks() -> list[str]:
 
 
 def test_readme_examples_run(redis_server: RedisServer) -> None:
-    """Every runnable README example executes in order without error."""
+    """Every runnable README example executes in order without error, on a Redis other nodes share."""
     namespace: dict[str, object] = {}
     containers: list[DynamicContainer] = []
+    neighbour = add_tickerq(
+        lambda o: (
+            o.configure_scheduler(node_identifier="web-07"),
+            o.add_redis(configuration=redis_server.address),
+        )
+    )
+    neighbour.redis_context().notify_node_alive()  # already registered before the README's node
+    neighbour.shutdown_resources()
     try:
         for block in python_blocks():
             exec(block.replace("localhost:6379", redis_server.address), namespace)

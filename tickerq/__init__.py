@@ -3,6 +3,7 @@
 from tickerq._version import __version__
 from tickerq.container import TickerQContainer, add_tickerq
 from tickerq.errors import (
+    AuthenticationFailedError,
     ConfigurationError,
     ConnectionFailedError,
     InvalidKeyError,
@@ -34,6 +35,7 @@ from tickerq.redis.lock import Lease, Lock, LockManager
 from tickerq.redis.registry import NodeHealthStatus
 
 __all__ = [
+    "AuthenticationFailedError",
     "ConfigurationError",
     "ConnectionFailedError",
     "EventHub",

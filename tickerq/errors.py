@@ -7,6 +7,7 @@ catch either ``tickerq.ConfigurationError`` or a plain ``ValueError``.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationFailedError",
     "ConfigurationError",
     "ConnectionFailedError",
     "InvalidKeyError",
@@ -78,6 +79,26 @@ class RedisCommandError(TickerQError, RuntimeError):
 
 class ConnectionFailedError(RedisUnavailableError):
     """The initial connection failed and ``abort_on_connect_fail`` is set."""
+
+
+class AuthenticationFailedError(ConnectionFailedError):
+    """Redis refused the credentials: a wrong user name or password, or none given.
+
+    Raised by ``init_resources()`` (whatever ``abort_on_connect_fail`` says is
+    about reachability, not credentials; with it off, the failure is logged) and
+    by any call that reaches Redis.
+
+    Attributes:
+        password_required: True when the server wants a password and none was
+            sent; False when the user name or password was wrong.
+    """
+
+    def __init__(self, message: str, *, password_required: bool = False, **fields: str | None) -> None:
+        super().__init__(message, **fields)
+        self.password_required = password_required
+
+    def __reduce__(self) -> tuple[type[AuthenticationFailedError], tuple[str], dict[str, bool]]:
+        return type(self), (str(self),), {"password_required": self.password_required}
 
 
 class KeyTypeError(TickerQError, TypeError):

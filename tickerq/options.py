@@ -2,16 +2,18 @@
 
 Each option is validated (and converted) when it is assigned, so a bad value
 fails on the line that set it, with a message naming the field, the value and
-what was expected. ``add_tickerq`` freezes a copy: later changes to the user's
-object do not reach a running container, and the frozen copy refuses changes.
+what was expected; an attribute that is no option is refused too, naming the
+closest one. ``add_tickerq`` freezes a copy: later changes to the user's object do
+not reach a running container, and the frozen copy refuses changes.
 """
 
 from __future__ import annotations
 
+import difflib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import redis
@@ -19,11 +21,17 @@ import redis
 from tickerq.durations import to_timedelta
 from tickerq.errors import ConfigurationError
 from tickerq.redis.config import mask_configuration, parse_configuration
-from tickerq.redis.election_timings import LeaseTimings
+from tickerq.redis.election_timings import (
+    DEFAULT_LEASE,
+    DEFAULT_RENEW_DEADLINE,
+    DEFAULT_RETRY_PERIOD,
+    check_timings,
+)
 
 __all__ = ["RedisOptions", "SchedulerOptions", "TickerQOptions"]
 
 T = TypeVar("T")
+C = TypeVar("C", bound=type)
 
 
 def _refuse_when_frozen(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Any:
@@ -101,25 +109,76 @@ def _masked(value: str | None) -> str:
     return repr(None) if value is None else repr(mask_configuration(value))
 
 
+def _public_fields(cls: type) -> tuple[str, ...]:
+    return tuple(field.name for field in attrs.fields(cls) if not field.name.startswith("_"))
+
+
+def _unknown_option(owner: str, name: str, names: Iterable[str]) -> ConfigurationError:
+    """The error for an option name that does not exist, suggesting the closest one."""
+    # Compared without case or underscores, so .NET spellings ("NodeHeartbeatInterval") match too.
+    by_key = {option.lower().replace("_", ""): option for option in names}
+    close = difflib.get_close_matches(name.lower().replace("_", ""), list(by_key), n=1)
+    hint = f"did you mean {by_key[close[0]]!r}? " if close else ""
+    return ConfigurationError(
+        f"{owner} has no option {name!r}: {hint}expected one of {', '.join(sorted(by_key.values()))}"
+    )
+
+
+def _refuse_unknown_attributes(cls: C) -> C:
+    """Make assigning an attribute that is no option raise ConfigurationError.
+
+    Applied after attrs built the class, around the ``__setattr__`` attrs made (which
+    converts and validates), so a misspelt option in an ``add_tickerq`` callback fails
+    on its line as the keyword form does. Private state is set with
+    ``object.__setattr__`` (as attrs' ``__init__`` does when a class has hooks).
+    """
+    names = frozenset(_public_fields(cls))
+    assign = cast("Callable[[object, str, object], None]", cls.__setattr__)
+
+    def setattr_known(self: object, name: str, value: object) -> None:
+        if name not in names:
+            raise _unknown_option(type(self).__name__, name, names)
+        assign(self, name, value)
+
+    cls.__setattr__ = setattr_known  # type: ignore[assignment]
+    return cls
+
+
 class _Options:
     """Shared behaviour: keyword updates with clear errors, and freezing."""
 
     _frozen: bool
 
     def update(self, **fields: Any) -> None:
-        """Assign several fields at once, each validated.
+        """Assign several fields at once, each validated, then check them together.
+
+        All or nothing: when one fails, the fields keep the values they had.
 
         Raises:
-            ConfigurationError: A field does not exist or its value is invalid.
+            ConfigurationError: A field does not exist, its value is invalid, or
+                the values do not fit together.
         """
-        names = {field.name for field in attrs.fields(type(self)) if not field.name.startswith("_")}  # type: ignore[arg-type]
-        for name, value in fields.items():
+        names = _public_fields(type(self))
+        for name in fields:
             if name not in names:
-                raise ConfigurationError(
-                    f"{type(self).__name__} has no option {name!r}: "
-                    f"expected one of {', '.join(sorted(names))}"
-                )
-            setattr(self, name, value)
+                raise _unknown_option(type(self).__name__, name, names)
+        # Every field, private bookkeeping too (which timings were assigned).
+        before = {field.name: getattr(self, field.name) for field in attrs.fields(type(self))}  # type: ignore[arg-type]
+        try:
+            for name, value in fields.items():
+                setattr(self, name, value)
+            self.check()
+        except ConfigurationError:
+            for name, value in before.items():
+                object.__setattr__(self, name, value)  # values that were valid: no hooks needed
+            raise
+
+    def check(self) -> None:
+        """Check that the fields fit together (each is validated on assignment).
+
+        Raises:
+            ConfigurationError: They do not.
+        """
 
     def frozen_copy(self: T) -> T:
         """A copy that refuses further changes (what the container keeps)."""
@@ -128,6 +187,7 @@ class _Options:
         return copy
 
 
+@_refuse_unknown_attributes
 @attrs.define(kw_only=True, on_setattr=_ON_SETATTR)
 class RedisOptions(_Options):
     """How tickerq reaches Redis and how often a node proves it is alive.
@@ -172,6 +232,36 @@ class RedisOptions(_Options):
         return self.node_heartbeat_interval + self.node_heartbeat_grace
 
 
+_TIMINGS = {
+    "leader_lease": "lease",
+    "leader_renew_deadline": "renew_deadline",
+    "leader_retry_period": "retry_period",
+}
+
+
+def _check_assigned_timing(instance: SchedulerOptions, attribute: attrs.Attribute[Any], value: Any) -> Any:
+    """Check a timing against the other timings the user has assigned (not the defaults).
+
+    So ``leader_lease = 5`` then ``leader_renew_deadline = 10`` fails on the second
+    line, while timings that fit together are accepted in any order. A timing that
+    does not fit a default is caught by :meth:`SchedulerOptions.check`.
+    """
+    assigned = instance._assigned_timings | {attribute.name}
+    known = {_TIMINGS[n]: value if n == attribute.name else getattr(instance, n) for n in assigned}
+    check_timings(**known, prefix="leader_")
+    object.__setattr__(instance, "_assigned_timings", assigned)
+    return value
+
+
+def _timing_field(default: timedelta) -> Any:
+    return attrs.field(
+        default=default,
+        converter=attrs.Converter(_duration, takes_field=True),
+        on_setattr=[*_ON_SETATTR, _check_assigned_timing],
+    )
+
+
+@_refuse_unknown_attributes
 @attrs.define(kw_only=True, on_setattr=_ON_SETATTR)
 class SchedulerOptions(_Options):
     """Scheduler-wide options.
@@ -187,17 +277,37 @@ class SchedulerOptions(_Options):
         leader_renew_deadline: The leader demotes itself when it could not
             renew for this long (10 s); must be shorter than the lease.
         leader_retry_period: Time between campaign/renew attempts (2 s); the
-            deadline must exceed 1.2 x this.
+            deadline must exceed 1.2 x this. The three timings are checked
+            against each other as soon as two are assigned, and against the
+            defaults when ``configure_scheduler`` returns.
     """
 
     node_identifier: str = attrs.field(factory=socket.gethostname, validator=_identifier)
     leader_election: str | None = attrs.field(default=None, validator=attrs.validators.optional(_identifier))
-    leader_lease: timedelta = _duration_field(timedelta(seconds=15))
-    leader_renew_deadline: timedelta = _duration_field(timedelta(seconds=10))
-    leader_retry_period: timedelta = _duration_field(timedelta(seconds=2))
+    leader_lease: timedelta = _timing_field(DEFAULT_LEASE)
+    leader_renew_deadline: timedelta = _timing_field(DEFAULT_RENEW_DEADLINE)
+    leader_retry_period: timedelta = _timing_field(DEFAULT_RETRY_PERIOD)
     _frozen: bool = attrs.field(default=False, init=False, repr=False, eq=False)
+    _assigned_timings: frozenset[str] = attrs.field(factory=frozenset, init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.check()  # timings given to the constructor (or copied by frozen_copy)
+
+    def check(self) -> None:
+        """Check the election timings: ``lease > renew_deadline > 1.2 x retry_period``.
+
+        Raises:
+            ConfigurationError: Naming the fields and their values.
+        """
+        check_timings(
+            lease=self.leader_lease,
+            renew_deadline=self.leader_renew_deadline,
+            retry_period=self.leader_retry_period,
+            prefix="leader_",
+        )
 
 
+@_refuse_unknown_attributes
 @attrs.define(kw_only=True)
 class TickerQOptions:
     """The root object handed to the ``add_tickerq`` callback."""
@@ -216,6 +326,7 @@ class TickerQOptions:
         self.scheduler.update(**fields)
         if callback is not None:
             callback(self.scheduler)
+            self.scheduler.check()
         return self.scheduler
 
     def add_redis(
@@ -233,6 +344,7 @@ class TickerQOptions:
         self.redis.update(**fields)
         if callback is not None:
             callback(self.redis)
+            self.redis.check()
         return self.redis
 
     def frozen_copy(self) -> TickerQOptions:
@@ -242,13 +354,7 @@ class TickerQOptions:
             ConfigurationError: Redis was added without a configuration or client,
                 or the leader election's timings do not fit together.
         """
-        scheduler = self.scheduler
-        if scheduler.leader_election is not None:
-            LeaseTimings(
-                lease=scheduler.leader_lease,
-                renew_deadline=scheduler.leader_renew_deadline,
-                retry_period=scheduler.leader_retry_period,
-            )
+        self.scheduler.check()
         if self.redis is not None and self.redis.configuration is None and self.redis.client is None:
             raise ConfigurationError(
                 "add_redis() was called without a connection: set configuration "

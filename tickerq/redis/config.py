@@ -65,6 +65,11 @@ _URL_SCHEMES = ("redis", "rediss", "unix")
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _NUMBER_RE = re.compile(r"[+-]?[0-9]+")
+# DNS limits (RFC 1035): the socket layer's idna codec raises a bare UnicodeError on an
+# empty or over-long label, so such a name must fail here, as configuration.
+_MAX_LABEL = 63
+_MAX_NAME = 253
+_SHOWN_LENGTH = 80  # longer values are cut in messages: a 10,000-character host is noise
 # Masking errs on the side of hiding too much: the URL userinfo runs to the *last* '@'
 # so an unencoded '/', '?' or '#' inside a password cannot expose its tail. The user
 # name may hold an '@' (urllib splits at the last one), and "redis:/" is forgiven.
@@ -321,13 +326,39 @@ def _apply_option(fields: dict[str, Any], key: str, value: str, table: dict[str,
     fields[option[1]] = option[2](key, value)
 
 
+def _shown(value: str) -> str:
+    """``value`` quoted for a message, cut short (with its length) when it is long."""
+    if len(value) <= _SHOWN_LENGTH:
+        return repr(value)
+    return f"{value[: _SHOWN_LENGTH // 2]!r}... ({len(value)} characters)"
+
+
+def _check_dns_name(host: str, where: str) -> None:
+    """Refuse a host name the resolver cannot take: empty or over-long labels, or too long."""
+    name = host[:-1] if host.endswith(".") else host  # a trailing dot (an absolute name) is fine
+    labels = name.split(".")
+    if len(name) <= _MAX_NAME and all(0 < len(label) <= _MAX_LABEL for label in labels):
+        return
+    if len(name) > _MAX_NAME:
+        problem = f"is longer than {_MAX_NAME} characters"
+    elif any(not label for label in labels):
+        problem = "has an empty label"
+    else:
+        problem = f"has a label of {max(map(len, labels))} characters"
+    raise ConfigurationError(
+        f"{where} has host {_shown(host)}, which {problem} and so is not a DNS name: expected "
+        f"labels of 1 to {_MAX_LABEL} characters separated by single dots, {_MAX_NAME} characters "
+        "at most, or an IP address ('10.0.0.1', '[::1]')"
+    )
+
+
 def _parse_host_port(token: str, *, label: str) -> tuple[str, int | None]:
     if "@" in token:  # Never a host; perhaps a URL with a mistyped scheme, password and all.
         raise ConfigurationError(
             f"{label} (not shown: it contains '@' and may hold a password) is not host[:port]: "
             "expected e.g. 'localhost:6379', or a URL starting redis://, rediss:// or unix://"
         )
-    where = f"{label} {token!r}"
+    where = f"{label} {_shown(token)}"
     port_text: str | None
     if token.startswith("["):
         host, bracket, rest = token[1:].partition("]")
@@ -346,12 +377,13 @@ def _parse_host_port(token: str, *, label: str) -> tuple[str, int | None]:
         host, colon, port_text = token.partition(":")
         port_text = port_text if colon else None
         if not _HOST_RE.fullmatch(host):
-            what = "an empty host" if not host else f"host {host!r}"
+            what = "an empty host" if not host else f"host {_shown(host)}"
             raise ConfigurationError(f"{where} has {what}: expected host[:port], e.g. 'localhost:6379'")
+        _check_dns_name(host, where)
     if port_text is None:
         return host, None
     if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ConfigurationError(f"{where} has port {port_text!r}: expected a number from 1 to 65535")
+        raise ConfigurationError(f"{where} has port {_shown(port_text)}: expected a number from 1 to 65535")
     return host, int(port_text)
 
 

@@ -27,6 +27,7 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 from tickerq.errors import ConfigurationError, ConnectionFailedError
 from tickerq.options import RedisOptions
 from tickerq.redis.config import ConnectionSettings, Endpoint, parse_configuration
+from tickerq.redis.translate import authentication_failed
 
 __all__ = ["ClientSource", "DerivedClients", "RedisConnections", "derive_pool", "open_connections"]
 
@@ -240,6 +241,8 @@ class RedisConnections:
             True when Redis answered.
 
         Raises:
+            AuthenticationFailedError: Redis refused the credentials (or wants a
+                password that was not given) and ``abort_on_connect_fail`` is set.
             ConnectionFailedError: Redis did not answer and
                 ``abort_on_connect_fail`` is set; names the endpoint and reason.
         """
@@ -247,11 +250,16 @@ class RedisConnections:
         for attempt in range(attempts):
             try:
                 self.fail_fast.ping()
+            except redis.AuthenticationError as exc:
+                # Not an outage: no retry, and no hint about abort_on_connect_fail.
+                refused = authentication_failed(exc, f"Redis at {self.description}")
+                if self.abort_on_connect_fail:
+                    raise refused from exc
+                log.warning("%s; the node starts anyway and keeps trying in the background", refused)
+                return False
             except redis.RedisError as exc:
                 error = exc
-                retryable = isinstance(exc, redis.ConnectionError) and not isinstance(
-                    exc, redis.AuthenticationError
-                )
+                retryable = isinstance(exc, redis.ConnectionError)
                 if not retryable or attempt + 1 == attempts:
                     break
                 time.sleep(min(0.5, 0.05 * 2**attempt))

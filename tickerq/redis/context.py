@@ -24,6 +24,7 @@ from tickerq.options import RedisOptions
 from tickerq.redis.cache import DistributedCache
 from tickerq.redis.connection import RedisConnections
 from tickerq.redis.election import LeaderElection
+from tickerq.redis.election_timings import DEFAULT_LEASE, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD
 from tickerq.redis.heartbeat import DeadNodeHandler
 from tickerq.redis.keys import Keys
 from tickerq.redis.lock import Lease, Lock, LockManager
@@ -165,9 +166,9 @@ class RedisContext:
         self,
         name: str,
         *,
-        lease: Duration = timedelta(seconds=15),
-        renew_deadline: Duration = timedelta(seconds=10),
-        retry_period: Duration = timedelta(seconds=2),
+        lease: Duration = DEFAULT_LEASE,
+        renew_deadline: Duration = DEFAULT_RENEW_DEADLINE,
+        retry_period: Duration = DEFAULT_RETRY_PERIOD,
         on_elected: Callable[[int, threading.Event], None] | None = None,
         on_demoted: Callable[[int], None] | None = None,
         on_new_leader: Callable[[str | None], None] | None = None,

@@ -40,7 +40,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import timedelta
 from types import TracebackType
 from typing import TypeVar
 
@@ -60,6 +59,7 @@ from tickerq.redis.callbacks import CallbackThread
 from tickerq.redis.connection import ClientSource, DerivedClients
 from tickerq.redis.election_leadership import Leadership
 from tickerq.redis.election_lease import ElectionLease, LeaseReply, LeaseTimings, Status
+from tickerq.redis.election_timings import DEFAULT_LEASE, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD
 from tickerq.redis.keys import Keys, check_user_key
 from tickerq.redis.outage import OutageTracker
 
@@ -144,9 +144,9 @@ class LeaderElection:
         node_id: str,
         name: str,
         *,
-        lease: Duration = timedelta(seconds=15),
-        renew_deadline: Duration = timedelta(seconds=10),
-        retry_period: Duration = timedelta(seconds=2),
+        lease: Duration = DEFAULT_LEASE,
+        renew_deadline: Duration = DEFAULT_RENEW_DEADLINE,
+        retry_period: Duration = DEFAULT_RETRY_PERIOD,
         on_elected: Callable[[int, threading.Event], None] | None = None,
         on_demoted: Callable[[int], None] | None = None,
         on_new_leader: Callable[[str | None], None] | None = None,

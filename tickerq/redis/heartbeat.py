@@ -7,8 +7,9 @@ this node's jobs"), and drops from the registry those whose handlers all
 succeeded. A lease can lapse, so two nodes may handle the same dead node at
 once: handlers must be idempotent.
 
-The first beat, written by :meth:`HeartbeatService.start`, never scans: handlers
-registered right after start-up still see the nodes that died before it.
+The first beat, written by :meth:`HeartbeatService.start` (or, when Redis is down
+then, the first that succeeds, retried every ``retry_interval``), never scans:
+handlers registered right after start-up still see the nodes that died before it.
 """
 
 from __future__ import annotations
@@ -112,11 +113,11 @@ class HeartbeatService:
             return
         self._pid = os.getpid()
         self._stop = stop = threading.Event()
-        delay = self.interval
-        if self._beat_on_start and not self.tick(scan=False):
-            delay = self.retry_interval
+        # Not beating now (Redis was down at start-up) counts as a failed beat: the
+        # thread tries again after the retry interval, not after a whole interval.
+        beaten = self._beat_on_start and self.tick(scan=False)
         self._thread = threading.Thread(
-            target=self._run, args=(stop, delay), name="tickerq-heartbeat", daemon=True
+            target=self._run, args=(stop, beaten), name="tickerq-heartbeat", daemon=True
         )
         self._thread.start()
 
@@ -189,10 +190,13 @@ class HeartbeatService:
                 ok = False
         return ok
 
-    def _run(self, stop: threading.Event, delay: float) -> None:
-        # ``stop`` is this thread's own event: a later start() gets a new one.
-        while not stop.wait(delay):
-            delay = self.interval if self.tick() else self.retry_interval
+    def _run(self, stop: threading.Event, beaten: bool) -> None:
+        # ``stop`` is this thread's own event: a later start() gets a new one. The first
+        # beat that succeeds does not scan, also when it is not start()'s (module docstring).
+        answered = beaten
+        while not stop.wait(self.interval if answered else self.retry_interval):
+            answered = self.tick(scan=beaten)
+            beaten = beaten or answered
 
     def __enter__(self) -> HeartbeatService:
         self.start()

@@ -7,6 +7,7 @@ with the operation, key and name as structured fields:
 =========================================  ===========================
 redis-py / server reply                    tickerq
 =========================================  ===========================
+wrong or missing password                  ``AuthenticationFailedError``
 connection refused, lost, timed out        ``RedisUnavailableError``
 ``LOADING``, ``BUSY``, ``MASTERDOWN``,     ``RedisUnavailableError``
 ``TRYAGAIN``, ``CLUSTERDOWN``
@@ -27,6 +28,7 @@ from contextlib import contextmanager
 import redis
 
 from tickerq.errors import (
+    AuthenticationFailedError,
     KeyTypeError,
     RedisCommandError,
     RedisReadOnlyError,
@@ -34,13 +36,40 @@ from tickerq.errors import (
     TickerQError,
 )
 
-__all__ = ["error_code", "translate", "translate_errors"]
+__all__ = ["authentication_failed", "error_code", "translate", "translate_errors"]
 
 #: Our Lua scripts start type-error replies with this.
 _OUR_WRONG_TYPE = "TICKERQ_WRONGTYPE "
 
 #: Replies that mean "not now": the server is loading, busy or between masters.
 _TRANSIENT = frozenset({"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"})
+
+#: How the server says it wants a password that was not sent: RESP2's NOAUTH reply
+#: ("Authentication required."), and RESP3's reply to an unauthenticated HELLO.
+_PASSWORD_REQUIRED = ("NOAUTH", "Authentication required", "HELLO must be called")
+#: How Redis 6+ refuses a password sent to a server that has none for the default user.
+_NO_PASSWORD_SET = "without any password configured"  # noqa: S105 (a server reply, not a secret)
+
+
+def authentication_failed(
+    exc: redis.AuthenticationError, where: str, **fields: str | None
+) -> AuthenticationFailedError:
+    """Say plainly what was wrong with the credentials (never the server's words, nor a password).
+
+    Args:
+        exc: redis-py's error; every credential failure is one.
+        where: What was being done, or the endpoint, for the start of the message.
+    """
+    text = str(exc)
+    required = any(marker in text for marker in _PASSWORD_REQUIRED)
+    if required:
+        reason = "the server requires a password and none was given"
+    elif _NO_PASSWORD_SET in text:
+        reason = "authentication failed: a password was given, but the server has none set for the user"
+    else:
+        reason = "authentication failed: wrong user name or password"
+    return AuthenticationFailedError(f"{where}: {reason}", password_required=required, **fields)
+
 
 #: redis-py's classes for codes it strips from the message.
 _CODES: tuple[tuple[type[redis.RedisError], str], ...] = (
@@ -79,6 +108,8 @@ def translate(
         name: The lock, election or cache key the caller named, if one.
     """
     fields: dict[str, str | None] = {"operation": operation, "key": key, "name": name}
+    if isinstance(exc, redis.AuthenticationError):
+        return authentication_failed(exc, operation, **fields)
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return RedisUnavailableError(
             f"{operation}: Redis is unavailable ({type(exc).__name__}: {exc})", **fields
