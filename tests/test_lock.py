@@ -122,13 +122,15 @@ def test_acquire_is_idempotent_for_the_same_token(
 ) -> None:
     """A retried acquire with the same token returns the same fence and does not increment the counter."""
     keys = lock_module.LockKeys.build(KEYS, "job")
-    args: list[str | int] = ["tok-1", 30_000, "", 0, keys.wake_prefix, 1500, 500]
+    # ARGV: wake prefix, liveness ms, turn ms, token, ttl ms, queue flag, fence floor, hold-back ms
+    args: list[str | int] = [keys.wake_prefix, 1500, 500, "tok-1", 30_000, "", 0, 30_000]
+    release: list[str | int] = [keys.wake_prefix, 500, "tok-1", "", 1]  # ..., token, waiter, fence
     with redis_server.client() as client:
         assert [1, 1] == ACQUIRE(client, keys.script_keys, args)
         assert [1, 1] == ACQUIRE(client, keys.script_keys, args)
         assert "1" == redis_client.get(keys.fence)
-        assert 1 == RELEASE(client, keys.script_keys, ["tok-1", "", 1, keys.wake_prefix, 500])
-        assert 2 == RELEASE(client, keys.script_keys, ["tok-1", "", 1, keys.wake_prefix, 500])
+        assert 1 == RELEASE(client, keys.script_keys, release)
+        assert 2 == RELEASE(client, keys.script_keys, release)
 
 
 def test_nonblocking_and_wait_timeout_raise_lock_timeout(
