@@ -29,12 +29,12 @@ from tickerq.redis.lease import LockKeys
 from tickerq.redis.scripts import LuaScript
 from tickerq.redis.translate import translate_errors
 
-__all__ = ["ACQUIRE", "RELEASE", "LockCalls", "LockCommands", "pack"]
+__all__ = ["ACQUIRE", "RELEASE", "LockCalls", "LockCommands", "pack", "retries_of"]
 
 ACQUIRE = LuaScript("lock_acquire")
 RELEASE = LuaScript("lock_release")
 
-_Arg = str | bytes | int
+_Arg = str | bytes | int | float
 
 
 def _bulk(value: bytes) -> bytes:
@@ -50,7 +50,9 @@ def pack(encoder: Any, *args: _Arg) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(_bulk(_encode(arg, encoder)) for arg in args)
 
 
-def _head(encoder: Any, script: LuaScript, keys: LockKeys, constants: tuple[_Arg, ...], variable: int) -> bytes:
+def _head(
+    encoder: Any, script: LuaScript, keys: LockKeys, constants: tuple[_Arg, ...], variable: int
+) -> bytes:
     """The packed start of an EVALSHA of ``script`` followed by ``variable`` more arguments."""
     script_keys = keys.script_keys
     args: tuple[_Arg, ...] = ("EVALSHA", script.sha, len(script_keys), *script_keys, *constants)
@@ -89,22 +91,27 @@ class LockCalls:
     """Runs packed lock commands on pooled connections of ``client``, each within a time bound.
 
     Args:
-        client: The application's client (its pool is used, never closed here).
+        client: Its pool is used (never closed here). redis-py retries a new
+            connection's connect and handshake as often as the pool's ``Retry``
+            says, each within one timeout, so for the bounds to hold its pool should
+            not retry (the container gives the retry-free ``fail_fast`` pool).
+        retries: How often a connection error is retried within a call's bound
+            (default: as often as ``client``'s ``Retry`` says).
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, retries: int | None = None) -> None:
         self._pool = client.connection_pool
-        kwargs = self._pool.connection_kwargs
         #: The client's reply timeout (sync_timeout), in seconds; None: unbounded.
-        self.timeout: float | None = kwargs.get("socket_timeout")
-        retry = kwargs.get("retry")
-        self._retries: int = retry.get_retries() if retry is not None else 0
-        self.encoder = client.get_encoder()
+        self.timeout: float | None = self._pool.connection_kwargs.get("socket_timeout")
+        self._retries = retries_of(client) if retries is None else retries
+        self.encoder: Any = client.get_encoder()  # redis-py leaves Encoder untyped
 
     def encode(self, value: str) -> bytes:
         return self.encoder.encode(value)  # type: ignore[no-any-return]
 
-    def run(self, name: str, command: bytes, script: LuaScript | None = None, ends: float | None = None) -> Any:
+    def run(
+        self, name: str, command: bytes, script: LuaScript | None = None, ends: float | None = None
+    ) -> Any:
         """Send ``command`` (packed; an EVALSHA of ``script``) and return its reply.
 
         Args:
@@ -173,6 +180,12 @@ class LockCalls:
             if (self.timeout is None or left < self.timeout) and not conn.can_read(timeout=max(0.0, left)):
                 raise redis.TimeoutError("no reply from Redis within the time allowed")
         return conn.read_response()
+
+
+def retries_of(client: redis.Redis) -> int:
+    """How often ``client`` retries a failed command (its ``Retry``; 0 without one)."""
+    retry = client.get_retry()
+    return retry.get_retries() if retry is not None else 0
 
 
 def _raise_translated(name: str, exc: redis.RedisError) -> NoReturn:
