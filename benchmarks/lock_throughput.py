@@ -1,17 +1,19 @@
-"""Uncontended lock throughput: acquire+release pairs per second, tickerq against redis-py.
+"""Uncontended lock throughput on the user's path: acquire+release pairs per second, tickerq against redis-py.
 
-One process, one thread, one lock name per library, nobody else waiting. Both
-sides use the same kind of client (redis-py defaults: retries on, hiredis when
-installed) and the ``with`` form a user writes:
+One process, one thread, one lock name per side, nobody else waiting. What each side runs
+per pair, a fresh lock object every time, default options:
 
-    with manager.lock("bench", ttl=30): ...      # tickerq: 1 script to acquire
-                                                 # (SET NX PX + fence INCR), 1 to release,
-                                                 # plus watchdog registration
-    with client.lock("bench", timeout=30): ...   # redis-py: SET NX PX, 1 script to release
+    lock = ctx.lock("bench", ttl=10)              # tickerq: the container's RedisContext and
+    lock.acquire(); lock.release()                # client (add_tickerq(...), init_resources())
 
-The two sides alternate in small batches (which goes first alternates too), so a
-change in machine load hits both alike; the ratio is the median of the
-per-batch ratios. Target: tickerq / redis-py >= 0.9.
+    lock = client.lock("bench", timeout=10)       # redis-py's redis.lock.Lock on a client
+    lock.acquire(); lock.release()                # with redis-py's defaults
+
+redis-py's Lock is also run on the container's client (the same pool and timeouts as
+tickerq's calls), to show how much of the difference is the client rather than the lock.
+The sides take turns in small batches (the order rotates), so a change in machine load hits
+them alike; each ratio is the median of the per-batch ratios. Target: tickerq / redis-py
+(default client) >= 0.9.
 
     python benchmarks/lock_throughput.py [--batches 300] [--pairs 50]
 
@@ -28,9 +30,10 @@ from collections.abc import Callable
 import redis
 from _common import describe_machine
 
-from tickerq.redis.keys import Keys
-from tickerq.redis.lock import LockManager
+from tickerq import add_tickerq
 from tickerq.testing import RedisServer
+
+TTL = 10
 
 
 def pairs_per_second(pair: Callable[[], object], pairs: int) -> float:
@@ -41,15 +44,15 @@ def pairs_per_second(pair: Callable[[], object], pairs: int) -> float:
     return pairs / (time.perf_counter() - started)
 
 
-def redis_us_per_pair(client: redis.Redis, pair: Callable[[], object], commands: tuple[str, ...]) -> float:
+def redis_us_per_pair(admin: redis.Redis, pair: Callable[[], object], commands: tuple[str, ...]) -> float:
     """Server time per pair from ``INFO commandstats``, summing the top-level ``commands`` only.
 
     A script's usec already include the commands it runs, which are listed too.
     """
     pairs = 2000
-    client.config_resetstat()
+    admin.config_resetstat()
     pairs_per_second(pair, pairs)
-    stats = client.info("commandstats")
+    stats = admin.info("commandstats")
     return sum(int(stats[f"cmdstat_{name}"]["usec"]) for name in commands) / pairs
 
 
@@ -59,54 +62,69 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=50, help="acquire+release pairs per side per batch")
     options = parser.parse_args()
     with RedisServer() as server:
-        client = server.client()
-        watchdog = server.client(socket_timeout=2, socket_connect_timeout=1, retry=None)
-        manager = LockManager(client, watchdog, Keys("tickerq:"), "bench-node")
-
-        def ours() -> None:
-            with manager.lock("bench-tickerq", ttl=30):
-                pass
-
-        def theirs() -> None:
-            with client.lock("bench-redis-py", timeout=30):
-                pass
-
-        try:
-            print(describe_machine(client))
-            for pair in (ours, theirs):
-                pairs_per_second(pair, 1000)  # warm-up: scripts loaded, connections open
-            client.config_resetstat()
-            rows: list[tuple[float, float]] = []
-            for i in range(options.batches):
-                if i % 2:
-                    theirs_rate = pairs_per_second(theirs, options.pairs)
-                    ours_rate = pairs_per_second(ours, options.pairs)
-                else:
-                    ours_rate = pairs_per_second(ours, options.pairs)
-                    theirs_rate = pairs_per_second(theirs, options.pairs)
-                rows.append((ours_rate, theirs_rate))
-            ours_median = statistics.median(r[0] for r in rows)
-            theirs_median = statistics.median(r[1] for r in rows)
-            ratios = sorted(r[0] / r[1] for r in rows)
-            quartiles = statistics.quantiles(ratios, n=4)
-            pairs = options.batches * options.pairs
-            print(f"{pairs:,} pairs per side in {options.batches} alternating batches of {options.pairs}")
-            print(f"tickerq  {ours_median:7,.0f} pairs/s ({1e6 / ours_median:.0f} µs/pair, median batch)")
-            print(f"redis-py {theirs_median:7,.0f} pairs/s ({1e6 / theirs_median:.0f} µs/pair, median batch)")
-            print(
-                f"ratio tickerq/redis-py: median {statistics.median(ratios):.3f} "
-                f"(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}); target >= 0.9"
+        container = add_tickerq(
+            lambda o: (
+                o.configure_scheduler(node_identifier="bench-node"),
+                o.add_redis(configuration=server.address),
             )
-            ours_us = redis_us_per_pair(client, ours, ("evalsha",))
-            theirs_us = redis_us_per_pair(client, theirs, ("set", "evalsha"))
+        )
+        container.init_resources()
+        ctx = container.redis_context()
+        plain = server.client()  # redis-py's defaults
+        admin = server.client()
+
+        def tickerq() -> None:
+            lock = ctx.lock("bench-tickerq", ttl=TTL)
+            lock.acquire()
+            lock.release()
+
+        def redis_py() -> None:
+            lock = plain.lock("bench-redis-py", timeout=TTL)
+            lock.acquire()
+            lock.release()
+
+        def redis_py_container_client() -> None:
+            lock = ctx.client.lock("bench-redis-py-cc", timeout=TTL)
+            lock.acquire()
+            lock.release()
+
+        sides = [tickerq, redis_py, redis_py_container_client]
+        try:
+            print(describe_machine(admin))
+            for pair in sides:
+                pairs_per_second(pair, 1000)  # warm-up: scripts loaded, connections open
+            rows: list[dict[Callable[[], None], float]] = []
+            for i in range(options.batches):
+                order = sides[i % 3 :] + sides[: i % 3]
+                rows.append({pair: pairs_per_second(pair, options.pairs) for pair in order})
+            pairs = options.batches * options.pairs
+            print(f"{pairs:,} pairs per side in {options.batches} rotating batches of {options.pairs}")
+            labels = {
+                tickerq: "tickerq ctx.lock(ttl=10)",
+                redis_py: "redis-py Lock (default client)",
+                redis_py_container_client: "redis-py Lock (container's client)",
+            }
+            for pair in sides:
+                median = statistics.median(row[pair] for row in rows)
+                print(f"{labels[pair]:<36} {median:7,.0f} pairs/s ({1e6 / median:.0f} µs/pair, median batch)")
+            for other in sides[1:]:
+                ratios = sorted(row[tickerq] / row[other] for row in rows)
+                quartiles = statistics.quantiles(ratios, n=4)
+                print(
+                    f"ratio tickerq / {labels[other]}: median {statistics.median(ratios):.3f} "
+                    f"(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f})"
+                    + ("; target >= 0.9" if other is redis_py else "")
+                )
+            ours_us = redis_us_per_pair(admin, tickerq, ("evalsha",))
+            theirs_us = redis_us_per_pair(admin, redis_py, ("set", "evalsha"))
             print(
                 f"Redis-side µs per pair: tickerq {ours_us:.1f} (2 scripts), "
                 f"redis-py {theirs_us:.1f} (SET + 1 script)"
             )
         finally:
-            manager.close()
-            client.close()
-            watchdog.close()
+            container.shutdown_resources()
+            plain.close()
+            admin.close()
 
 
 if __name__ == "__main__":

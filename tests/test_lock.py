@@ -122,13 +122,15 @@ def test_acquire_is_idempotent_for_the_same_token(
 ) -> None:
     """A retried acquire with the same token returns the same fence and does not increment the counter."""
     keys = lock_module.LockKeys.build(KEYS, "job")
-    args: list[str | int] = ["tok-1", 30_000, "", 0, keys.wake_prefix, 1500, 500]
+    # ARGV: wake prefix, liveness ms, turn ms, token, ttl ms, queue flag, fence floor, hold-back ms
+    args: list[str | int] = [keys.wake_prefix, 1500, 500, "tok-1", 30_000, "", 0, 30_000]
+    release: list[str | int] = [keys.wake_prefix, 500, "tok-1", "", 1]  # ..., token, waiter, fence
     with redis_server.client() as client:
         assert [1, 1] == ACQUIRE(client, keys.script_keys, args)
         assert [1, 1] == ACQUIRE(client, keys.script_keys, args)
         assert "1" == redis_client.get(keys.fence)
-        assert 1 == RELEASE(client, keys.script_keys, ["tok-1", "", 1, keys.wake_prefix, 500])
-        assert 2 == RELEASE(client, keys.script_keys, ["tok-1", "", 1, keys.wake_prefix, 500])
+        assert 1 == RELEASE(client, keys.script_keys, release)
+        assert 2 == RELEASE(client, keys.script_keys, release)
 
 
 def test_nonblocking_and_wait_timeout_raise_lock_timeout(
@@ -241,6 +243,48 @@ def test_acquire_whose_reply_is_lost_lets_go(
         client.close()
         watchdog_client.close()
         proxy.close()
+
+
+def test_acquire_retried_after_a_lost_reply_keeps_its_fence(
+    redis_server: RedisServer, managers: ManagerFactory, redis_client: redis.Redis
+) -> None:
+    """A connection cut before the acquire's reply is retried once: one lease, one fence, one INCR."""
+    proxy = FaultProxy(redis_server.host, redis_server.port)
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=5, retry=Retry(NoBackoff(), 1))
+    watchdog_client = redis_server.client(retry=None)
+    manager = LockManager(client, watchdog_client, KEYS, "lossy")
+    try:
+        with manager.lock("warm-up"):
+            pass  # scripts loaded and the connection open, so the next reply is the acquire's
+        proxy.drop_next_reply()
+        with manager.lock("job", ttl=30, blocking=False) as lease:
+            assert 1 == lease.fence
+            assert "1" == redis_client.get("tickerq:lock:job:fence")
+            assert lease.token == redis_client.get("tickerq:lock:job")
+        assert redis_client.get("tickerq:lock:job") is None
+    finally:
+        manager.close()
+        client.close()
+        watchdog_client.close()
+        proxy.close()
+
+
+def test_scripts_flushed_from_redis_are_loaded_again(
+    managers: ManagerFactory, redis_client: redis.Redis
+) -> None:
+    """After SCRIPT FLUSH, acquire, extend and release load their scripts and work."""
+    manager = managers()
+    with manager.lock("job", ttl=30) as first:
+        pass
+    redis_client.script_flush()
+    lock = manager.lock("job", ttl=30)
+    with lock as lease:
+        assert first.fence + 1 == lease.fence
+        redis_client.script_flush()
+        lock.extend(20)
+        assert 19_000 < redis_client.pttl("tickerq:lock:job") <= 20_000
+        redis_client.script_flush()
+    assert redis_client.get("tickerq:lock:job") is None
 
 
 def interleave(step: int, body: Callable[[], object], other: Callable[[], object]) -> int:

@@ -28,6 +28,7 @@ from tickerq.redis.election_timings import DEFAULT_LEASE, DEFAULT_RENEW_DEADLINE
 from tickerq.redis.heartbeat import DeadNodeHandler
 from tickerq.redis.keys import Keys
 from tickerq.redis.lock import Lease, Lock, LockManager
+from tickerq.redis.lock_calls import retries_of
 from tickerq.redis.registry import NodeHealthStatus, NodeRegistry
 
 __all__ = ["RedisContext"]
@@ -58,7 +59,12 @@ class RedisContext:
         self._cache = DistributedCache(
             connections.fail_fast, self.keys, operation_timeout=options.sync_timeout
         )
-        self._locks = LockManager(connections.client, connections.watchdog, self.keys, node_id)
+        # Locks use the retry-free pool, so that a new connection to a hung server gives up
+        # within one sync_timeout too; connection errors are still retried as the client's are.
+        self._locks = LockManager(
+            connections.fail_fast, connections.watchdog, self.keys, node_id,
+            retries=retries_of(connections.client),
+        )  # fmt: skip
         # Weak: an observer created per request must not pile up; a running
         # election is kept alive by its own thread.
         self._elections: weakref.WeakSet[LeaderElection] = weakref.WeakSet()

@@ -94,7 +94,8 @@ class Lease:
         self.name = name
         self.token = token
         self.fence = fence
-        self.lost = threading.Event()
+        self._lost = False
+        self._lost_event: threading.Event | None = None  # made on first use: most leases never need it
         self.lost_reason: str | None = None
         self.lost_at: float | None = None
         self.auto_renew = auto_renew
@@ -113,6 +114,24 @@ class Lease:
         self.valid_until = sent_at + self.ttl_seconds - drift_margin(self.ttl_seconds)
 
     @property
+    def lost(self) -> threading.Event:
+        """Set when the lease is, or may be, lost (wait on it to be told)."""
+        event = self._lost_event
+        if event is None:
+            with self._mutex:
+                if self._lost_event is None:
+                    self._lost_event = threading.Event()
+                    if self._lost:
+                        self._lost_event.set()
+                event = self._lost_event
+        return event
+
+    @property
+    def is_lost(self) -> bool:
+        """Whether ``lost`` is set (without making the event)."""
+        return self._lost
+
+    @property
     def ttl(self) -> timedelta:
         """The ttl each renewal sets."""
         return self._ttl
@@ -124,7 +143,7 @@ class Lease:
     @property
     def held(self) -> bool:
         """True while the lease is neither released, lost nor past its local deadline."""
-        return not (self.released or self.lost.is_set() or time.monotonic() >= self.valid_until)
+        return not (self.released or self._lost or time.monotonic() >= self.valid_until)
 
     def ensure_held(self) -> None:
         """Raise unless the lease is still held.
@@ -135,22 +154,24 @@ class Lease:
         self.check_deadline()
         if self.released:
             raise LockLostError(f"lock {self.name!r} (fence {self.fence}) was released")
-        if self.lost.is_set():
+        if self._lost:
             raise LockLostError(f"lock {self.name!r} (fence {self.fence}) is lost: {self.lost_reason}")
 
     def check_deadline(self) -> None:
         """Declare the lease lost if its local deadline passed unnoticed."""
-        if not self.lost.is_set() and time.monotonic() >= self.valid_until:
+        if not self._lost and time.monotonic() >= self.valid_until:
             self.declare_lost("no successful renewal within its ttl")
 
     def declare_lost(self, reason: str) -> bool:
         """Set ``lost`` and start ``on_lost`` once; False if already lost or released."""
         with self._mutex:
-            if self.lost.is_set() or self.released:
+            if self._lost or self.released:
                 return False
             self.lost_reason = reason
             self.lost_at = time.monotonic()
-            self.lost.set()
+            self._lost = True
+            if self._lost_event is not None:
+                self._lost_event.set()
         log.warning("lock %r (fence %d) lost: %s", self.name, self.fence, reason)
         if self._on_lost is not None:
             threading.Thread(target=self._notify, name="tickerq-lock-lost", daemon=True).start()
@@ -195,7 +216,7 @@ class Lease:
         with self._mutex:
             if self.released:
                 return False
-            if not self.lost.is_set() and time.monotonic() < self.valid_until:
+            if not self._lost and time.monotonic() < self.valid_until:
                 self._count += 1
                 return True
         self.check_deadline()
@@ -214,7 +235,7 @@ class Lease:
         self._ttl = ttl
 
     def __repr__(self) -> str:
-        state = "released" if self.released else "lost" if self.lost.is_set() else "held"
+        state = "released" if self.released else "lost" if self._lost else "held"
         return f"<Lease {self.name!r} fence={self.fence} {state}>"
 
 

@@ -43,30 +43,28 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from types import TracebackType
 from typing import Any
 
 import redis
 
-from tickerq.durations import Duration, to_milliseconds, to_timedelta
-from tickerq.errors import ConfigurationError, KeyTypeError, LockError, LockLostError, LockTimeoutError
+from tickerq.durations import Duration, to_milliseconds
+from tickerq.errors import LockError, LockLostError, LockTimeoutError, TickerQError
 from tickerq.redis.keys import Keys
 from tickerq.redis.lease import LOST, RENEW, Lease, LockKeys, Renewal, renew_arguments
-from tickerq.redis.scripts import LuaScript
-from tickerq.redis.translate import translate_errors
+from tickerq.redis.lock_calls import ACQUIRE, RELEASE, LockCalls, LockCommands, pack
+from tickerq.redis.lock_handle import MIN_TTL, Lock
 from tickerq.redis.watchdog import Watchdog
 
-__all__ = ["DEAD_WAITER_STALL_BOUND", "RECOVERING", "Lease", "Lock", "LockKeys", "LockManager"]
+__all__ = [
+    "ACQUIRE", "DEAD_WAITER_STALL_BOUND", "MIN_TTL", "RECOVERING", "RELEASE", "Lease", "Lock", "LockKeys",
+    "LockManager",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-ACQUIRE = LuaScript("lock_acquire")
-RELEASE = LuaScript("lock_release")
 
 #: A waiter re-checks the lock (and refreshes its place in line) at least this often, in seconds.
 WAITER_POLL = 0.5
@@ -82,127 +80,6 @@ _MAX_FLOORS = 4096  # lock names whose highest fence and longest ttl this proces
 RECOVERING = "tickerq:recovering-after-data-loss"
 
 
-def _release_args(token: str, waiter: str, fence: int, keys: LockKeys) -> list[str | int]:
-    return [token, waiter, fence, keys.wake_prefix, int(TURN_TIMEOUT * 1000)]
-
-
-class Lock:
-    """A named distributed lock; made by :meth:`LockManager.lock`, no I/O until used.
-
-    ``with lock as lease:`` acquires on entry and releases on exit. Leaving the
-    block raises :class:`LockLostError` if the lease was lost, unless the body
-    raised: then the body's exception propagates.
-    """
-
-    def __init__(
-        self, manager: LockManager, name: str, *, ttl: Duration, blocking: bool,
-        wait_timeout: Duration | None, auto_renew: bool, on_lost: Callable[[Lease], None] | None,
-        reentrant: bool,
-    ) -> None:  # fmt: skip
-        self.name = name
-        self.ttl = to_timedelta(ttl, field="ttl")
-        self.blocking = blocking
-        self.wait_timeout: timedelta | None = None
-        if wait_timeout is not None:
-            if not blocking:
-                raise ConfigurationError(
-                    f"wait_timeout={wait_timeout!r} with blocking=False: a non-blocking lock does not wait"
-                )
-            self.wait_timeout = to_timedelta(wait_timeout, field="wait_timeout", allow_zero=True)
-        self.auto_renew = auto_renew
-        self.on_lost = on_lost
-        self.reentrant = reentrant
-        self.keys = manager._lock_keys(name)
-        self._manager = manager
-        self._mutex = threading.Lock()
-        self._leases: list[Lease] = []  # one entry per acquire() not yet released
-        self._last: Lease | None = None  # the lease of the latest acquire(), even once released
-
-    @property
-    def lease(self) -> Lease | None:
-        """The lease this Lock holds now, or None."""
-        with self._mutex:
-            return self._leases[-1] if self._leases else None
-
-    def acquire(self) -> Lease:
-        """Acquire the lock, waiting in line if ``blocking``.
-
-        Returns:
-            The lease; with ``reentrant=True`` the owner's existing lease when it holds one.
-
-        Raises:
-            LockTimeoutError: Taken and ``blocking=False``, or ``wait_timeout`` elapsed.
-            LockLostError: Reentering a lease that is lost.
-            LockError: This non-reentrant Lock already holds the lock, or the manager is closed.
-            RedisUnavailableError: Redis could not be reached.
-        """
-        if self.lease is not None and not self.reentrant:
-            raise LockError(f"this Lock already holds {self.name!r}: release it first, or use reentrant=True")
-        lease = self._manager._acquire(self)
-        with self._mutex:
-            self._leases.append(lease)
-            self._last = lease
-        return lease
-
-    def release(self) -> bool:
-        """Release one acquisition (the lock itself when it is the owner's last).
-
-        Returns:
-            Whether the lease was still held (never declared lost) until now.
-
-        Raises:
-            LockError: This Lock holds nothing.
-            RedisUnavailableError: Redis could not be reached (the key then expires by itself).
-        """
-        with self._mutex:
-            if not self._leases:
-                raise LockError(f"cannot release {self.name!r}: this Lock does not hold it")
-            lease = self._leases.pop()
-        return self._manager._release(lease)
-
-    def extend(self, ttl: Duration | None = None) -> None:
-        """Set the lock's remaining time to ``ttl`` (default: the lease's ttl) now.
-
-        Raises:
-            LockLostError: The lease is lost or was released (also when it was declared
-                lost while the extension was in flight, even if Redis applied it).
-            LockError: This Lock was never acquired, or was acquired by another process
-                (a forked child cannot extend its parent's lease).
-        """
-        with self._mutex:
-            lease = self._leases[-1] if self._leases else self._last
-        if lease is None:
-            raise LockError(f"cannot extend {self.name!r}: this Lock was never acquired")
-        self._manager._extend(lease, None if ttl is None else to_timedelta(ttl, field="ttl"))
-
-    def __enter__(self) -> Lease:
-        return self.acquire()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        lease = self.lease
-        error: Exception | None = None
-        try:
-            held = self.release()
-        except Exception as release_error:
-            if exc_type is not None:  # the body's exception wins
-                log.warning("releasing lock %r failed while its body raised: %s", self.name, release_error)
-                return
-            held, error = False, release_error
-        lost = lease is not None and (lease.lost.is_set() or (error is None and not held))
-        if exc_type is None and lease is not None and lost:
-            reason = lease.lost_reason or "the key was gone or held by another owner at release"
-            raise LockLostError(
-                f"lock {self.name!r} (fence {lease.fence}) was lost inside the with block: {reason}"
-            ) from error
-        if error is not None:
-            raise error
-
-    def __repr__(self) -> str:
-        return f"<Lock {self.name!r} ttl={self.ttl} lease={self.lease!r}>"
-
-
 class LockManager:
     """Makes locks for one node and runs their watchdog (a deadline thread and a renewer thread).
 
@@ -213,27 +90,35 @@ class LockManager:
     ``WAITER_POLL`` seconds at a time), so size its pool for concurrent waiters.
 
     Args:
-        client: The application's client, used to acquire, wait and release (not closed here).
+        client: Used to acquire, wait and release (not closed here). Each call gives up
+            after its socket timeout; a pool without retries keeps new connections to
+            that bound too (redis-py retries a connect's handshake), as the container's
+            ``fail_fast`` pool does.
         watchdog_client: A client on its own small pool without retries, used only
             for renewals so application traffic cannot starve them (not closed here).
         keys: Key names for this instance.
         owner: This node's id; tokens are ``{owner}:{random}`` for debuggability.
+        retries: How often a call retries a connection error, within its time bound
+            (default: as often as ``client``'s ``Retry`` says).
     """
 
-    def __init__(self, client: redis.Redis, watchdog_client: redis.Redis, keys: Keys, owner: str) -> None:
+    def __init__(
+        self, client: redis.Redis, watchdog_client: redis.Redis, keys: Keys, owner: str, *,
+        retries: int | None = None,
+    ) -> None:  # fmt: skip
         self.keys = keys
         self.owner = owner
         self.watchdog = Watchdog(watchdog_client, on_resurrected=self._delete_key)
         self._client = client
+        self._calls = LockCalls(client, retries)
         self._pid = os.getpid()
         self._mutex = threading.Lock()
         self._floors: dict[str, tuple[int, int]] = {}  # name: (highest fence, longest ttl ms)
-        self._keys_by_name: dict[str, LockKeys] = {}
+        self._commands_by_name: dict[str, LockCommands] = {}
         self._reentrant: dict[tuple[int, str, int], Lease] = {}
-        pool = getattr(client, "connection_pool", None)
-        socket_timeout = getattr(pool, "connection_kwargs", {}).get("socket_timeout")
+        timeout = self._calls.timeout
         # A BLPOP must return before the client's socket timeout would call it a failure.
-        self._max_block = max(0.01, min(WAITER_POLL, socket_timeout / 2)) if socket_timeout else WAITER_POLL
+        self._max_block = max(0.01, min(WAITER_POLL, timeout / 2)) if timeout else WAITER_POLL
 
     def lock(
         self, name: str, ttl: Duration = timedelta(seconds=30), *, blocking: bool = True,
@@ -244,17 +129,19 @@ class LockManager:
 
         Args:
             name: The lock's name (key ``{instance}lock:{name}``).
-            ttl: How long the lock outlives its last renewal; a timedelta or seconds.
+            ttl: How long the lock outlives its last renewal; a timedelta or seconds,
+                at least :data:`MIN_TTL` (0.1 s).
             blocking: Wait in line while it is taken; otherwise fail at once.
-            wait_timeout: Longest wait when blocking; None waits forever.
+            wait_timeout: Longest wait when blocking; None waits forever. It bounds the
+                whole ``acquire()``, with at most one ``sync_timeout`` more while Redis hangs.
             auto_renew: Renew every ttl/3 from the watchdog thread until released. Without
                 it the lease is declared lost when its ttl runs out, unless extended.
             on_lost: Called once with the lease, on a thread of its own, when it is lost.
             reentrant: The thread that holds the lease may acquire it again (counted).
 
         Raises:
-            ConfigurationError: ``ttl <= 0``, ``wait_timeout < 0``, or a ``wait_timeout``
-                with ``blocking=False``.
+            ConfigurationError: ``ttl`` below :data:`MIN_TTL`, ``wait_timeout < 0``, or a
+                ``wait_timeout`` with ``blocking=False``.
             InvalidKeyError: ``name`` is empty or not a string.
         """
         return Lock(
@@ -282,37 +169,42 @@ class LockManager:
                 owned = self._reentrant.get((pid, lock.name, threading.get_ident()))
             if owned is not None and owned.try_join():  # False: released meanwhile, acquire afresh
                 return owned
-        keys = lock.keys
-        token = f"{self.owner}:{secrets.token_hex(10)}"
-        waiter = token if lock.blocking else ""
+        started = time.monotonic()
+        name, blocking, commands, calls = lock.name, lock.blocking, lock._commands, self._calls
+        token = f"{self.owner}:{os.urandom(10).hex()}"
+        raw_token = calls.encode(token)
+        # The time bounds (see Lock.acquire): ``ends`` for the whole call, ``let_go_by`` for the
+        # cleanup after a failure. None: each call is bounded by the client's socket timeout only.
+        timeout = calls.timeout
         wait = None if lock.wait_timeout is None else lock.wait_timeout.total_seconds()
-        deadline = None if wait is None else time.monotonic() + wait
+        wait_ends = None if wait is None else started + wait
+        ends = None if wait_ends is None or timeout is None else wait_ends + timeout
+        let_go_by = ends if blocking else None if timeout is None else started + timeout
         ttl_ms = to_milliseconds(lock.ttl)
-        floor, floor_ttl_ms = self._floors.get(lock.name, (0, 0))
-        args: list[str | int] = [
-            token, ttl_ms, waiter, floor, keys.wake_prefix, int(WAITER_LIVENESS * 1000),
-            int(TURN_TIMEOUT * 1000), max(ttl_ms, floor_ttl_ms),
-        ]  # fmt: skip
+        floor, floor_ttl_ms = self._floors.get(name, (0, 0))
+        command = commands.acquire(raw_token, ttl_ms, blocking, floor, max(ttl_ms, floor_ttl_ms))
         try:
             while True:
                 sent_at = time.monotonic()
-                reply = self._call(lock.name, ACQUIRE, keys.script_keys, args)
+                reply = calls.run(name, command, ACQUIRE, ends)
                 if reply[0]:
                     break
-                if not lock.blocking:
-                    raise LockTimeoutError(f"lock {lock.name!r} is {_describe(reply)}, and blocking=False")
-                remaining = self._max_block if deadline is None else deadline - time.monotonic()
+                if not blocking:
+                    raise LockTimeoutError(f"lock {name!r} is {_describe(reply)}, and blocking=False")
+                remaining = self._max_block if wait_ends is None else wait_ends - time.monotonic()
                 if remaining <= 0:
-                    raise LockTimeoutError(f"lock {lock.name!r} not acquired within wait_timeout={wait} s")
+                    raise LockTimeoutError(f"lock {name!r} not acquired within wait_timeout={wait} s")
                 block = max(0.01, min(self._max_block, remaining))
-                self._call(lock.name, _blpop, [keys.wake_prefix + waiter], [block])
+                calls.run(
+                    name, pack(calls.encoder, "BLPOP", commands.keys.wake_prefix + token, block), None, ends
+                )
         except BaseException as exc:
             # Only a non-blocking "taken" reply is known to have changed nothing.
-            if waiter or not isinstance(exc, LockTimeoutError):
-                self._let_go(lock, token, waiter)
+            if blocking or not isinstance(exc, LockTimeoutError):
+                self._let_go(lock, raw_token, let_go_by)
             raise
         lease = Lease(
-            name=lock.name, token=token, fence=int(reply[1]), ttl=lock.ttl, keys=keys,
+            name=name, token=token, fence=int(reply[1]), ttl=lock.ttl, keys=commands.keys,
             auto_renew=lock.auto_renew, on_lost=lock.on_lost, sent_at=sent_at, pid=pid,
         )  # fmt: skip
         self._remember(lock, lease, ttl_ms)
@@ -323,15 +215,25 @@ class LockManager:
             raise
         return lease
 
-    def _let_go(self, lock: Lock, token: str, waiter: str) -> None:
+    def _let_go(self, lock: Lock, token: bytes, by: float | None) -> None:
         """After a failed acquire: leave the line, and let go if a reply we never got was a success.
 
-        A timed-out acquire may still be on its way to Redis and run after this
-        release; its key then expires after one ttl, unrenewed.
+        Done only while time is left before ``by``. A timed-out acquire may also still
+        be on its way to Redis and run after this release. Either way a lock it took
+        expires after one ttl, unrenewed, and a place in line after ``WAITER_LIVENESS``.
         """
+        if by is not None and time.monotonic() >= by:
+            log.warning(
+                "lock %r: no time left to let go after a failed acquire; if it took the lock, "
+                "the key expires within its ttl",
+                lock.name,
+            )
+            return
         try:
-            RELEASE(self._client, lock.keys.script_keys, _release_args(token, waiter, 0, lock.keys))
-        except redis.RedisError as exc:
+            self._calls.run(
+                lock.name, lock._commands.release(token, token if lock.blocking else b"", 0), RELEASE, by
+            )
+        except (TickerQError, redis.RedisError) as exc:
             log.warning("could not let go of lock %r after a failed acquire: %s", lock.name, exc)
 
     def _remember(self, lock: Lock, lease: Lease, ttl_ms: int) -> None:
@@ -352,16 +254,16 @@ class LockManager:
             )
         lease.check_deadline()
         if not lease.drop():
-            return not lease.lost.is_set()
+            return not lease.is_lost
         self.watchdog.unregister(lease)
-        with self._mutex:
-            key = (lease.pid, lease.name, lease.owner_thread)
-            if self._reentrant.get(key) is lease:
-                del self._reentrant[key]
-        args = _release_args(lease.token, "", lease.fence, lease.keys)
-        code = self._call(lease.name, RELEASE, lease.keys.script_keys, args)
+        if self._reentrant:  # empty unless reentrant locks were taken: no mutex on the common path
+            with self._mutex:
+                key = (lease.pid, lease.name, lease.owner_thread)
+                if self._reentrant.get(key) is lease:
+                    del self._reentrant[key]
+        code = self._calls.run(lease.name, self._release_command(lease), RELEASE)
         # 2: the key was already gone and nobody took it since, e.g. our retried call.
-        return code in (1, 2) and not lease.lost.is_set()
+        return code in (1, 2) and not lease.is_lost
 
     def _extend(self, lease: Lease, ttl: timedelta | None) -> None:
         """Set ``lease``'s remaining time to ``ttl`` (default its ttl); see :meth:`Lock.extend`."""
@@ -379,9 +281,10 @@ class LockManager:
             lease.ensure_held()
             renewal = Renewal.of(lease, ttl)
             keys, args = renew_arguments([renewal])
+            command = pack(self._calls.encoder, "EVALSHA", RENEW.sha, len(keys), *keys, *args)
             sent_at = time.monotonic()
             lease.cap(sent_at, renewal.ttl)  # if the reply is lost, Redis may hold the shorter ttl
-            if self._call(lease.name, RENEW, keys, args)[0] == LOST:
+            if self._calls.run(lease.name, command, RENEW)[0] == LOST:
                 lease.declare_lost("extend found the lock gone or held by another owner")
                 lease.ensure_held()
             if ttl is not None:
@@ -395,34 +298,23 @@ class LockManager:
         self.watchdog.poke()
 
     def _delete_key(self, lease: Lease) -> Any:
-        args = _release_args(lease.token, "", lease.fence, lease.keys)
-        return RELEASE(self._client, lease.keys.script_keys, args)
+        return self._calls.run(lease.name, self._release_command(lease), RELEASE)
 
-    def _lock_keys(self, name: str) -> LockKeys:
-        keys = self._keys_by_name.get(name)
-        if keys is None:
-            if len(self._keys_by_name) >= _MAX_FLOORS:
-                self._keys_by_name.clear()
-            keys = self._keys_by_name[name] = LockKeys.build(self.keys, name)
-        return keys
+    def _release_command(self, lease: Lease) -> bytes:
+        return self._commands(lease.name).release(self._calls.encode(lease.token), b"", lease.fence)
 
-    def _call(
-        self,
-        name: str,
-        call: Callable[[redis.Redis, list[str], list[Any]], Any],
-        keys: list[str],
-        args: list[Any],
-    ) -> Any:
-        try:
-            return call(self._client, keys, args)
-        except redis.RedisError as exc:
-            if isinstance(exc, redis.ResponseError) and ("WRONGTYPE" in str(exc) or "integer" in str(exc)):
-                raise KeyTypeError(
-                    f"lock {name!r}: a key holds a value tickerq did not write ({exc})"
-                ) from exc
-            with translate_errors(f"lock {name!r}"):
-                raise
-        raise AssertionError("unreachable")
+    def _commands(self, name: str) -> LockCommands:
+        """The packed commands for lock ``name`` (built once per name, as its key strings are)."""
+        commands = self._commands_by_name.get(name)
+        if commands is None:
+            if len(self._commands_by_name) >= _MAX_FLOORS:
+                self._commands_by_name.clear()
+            keys = LockKeys.build(self.keys, name)
+            commands = LockCommands.build(
+                self._calls.encoder, keys, int(WAITER_LIVENESS * 1000), int(TURN_TIMEOUT * 1000)
+            )
+            self._commands_by_name[name] = commands
+        return commands
 
 
 def _describe(reply: list[Any]) -> str:
@@ -435,7 +327,3 @@ def _describe(reply: list[Any]) -> str:
     if pttl == -1:
         return "held with no expiry"
     return f"held by another owner for {pttl / 1000:.1f} s more"
-
-
-def _blpop(client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
-    return client.blpop(keys, args[0])

@@ -269,9 +269,9 @@ class Watchdog:
         now = time.monotonic()
         live = []
         for lease in leases:
-            if not lease.lost.is_set() and now >= lease.valid_until:
+            if not lease.is_lost and now >= lease.valid_until:
                 lease.declare_lost("no successful renewal within its ttl (Redis unreachable or too slow)")
-            if lease.lost.is_set() or lease.released:
+            if lease.is_lost or lease.released:
                 with self._mutex:
                     self._leases.pop(lease.token, None)
             else:
@@ -396,7 +396,7 @@ class Watchdog:
 
     def _check_needed(self, job: list[Renewal]) -> None:
         """Raise :class:`_Abandoned` once stop() was called or no lease in ``job`` needs the reply."""
-        if self._stop.is_set() or all(r.lease.lost.is_set() or r.lease.released for r in job):
+        if self._stop.is_set() or all(r.lease.is_lost or r.lease.released for r in job):
             raise _Abandoned("renewal no longer needed")
 
     def _round_trip(self, conn: Any, command: tuple[str | int, ...], job: list[Renewal]) -> Any:

@@ -1,14 +1,16 @@
 -- Take a lock: SET NX PX plus the fence INCR, in turn order when others wait.
 -- KEYS[1] lock, KEYS[2] fence counter, KEYS[3] waiter queue (list),
 -- KEYS[4] turn, KEYS[5] waiter deadlines (zset)
--- ARGV[1] token, ARGV[2] ttl ms, ARGV[3] waiter id ('' = do not queue),
--- ARGV[4] fence floor, ARGV[5] wake key prefix, ARGV[6] waiter liveness ms,
--- ARGV[7] turn ms, ARGV[8] hold-back ms after a data loss
+-- ARGV[1] wake key prefix, ARGV[2] waiter liveness ms, ARGV[3] turn ms (the same on
+-- every call for a lock: the client sends them pre-packed), then ARGV[4] token,
+-- ARGV[5] ttl ms, ARGV[6] '1' to queue as a waiter (id: the token) or '',
+-- ARGV[7] fence floor, ARGV[8] hold-back ms after a data loss
 -- Returns {1, fence} when held by token, {0, pttl of the lock, recovering} otherwise
 -- (recovering is 1 while the lock is held back after a data loss).
 -- include: lock_common
 -- include: lock_grant
-local token, wid = ARGV[1], ARGV[3]
+local token = ARGV[4]
+local wid = ARGV[6] == '1' and token or ''
 local current = redis.call('GET', KEYS[1])
 if current == token then
   -- A retried call whose first reply was lost: nobody can INCR while we hold it.
@@ -20,16 +22,16 @@ if not current then
   -- Nobody queued and no turn given (one call): the uncontended fast path.
   if redis.call('EXISTS', KEYS[3], KEYS[4]) > 0 then
     turn = redis.call('GET', KEYS[4])
-    if not turn then turn = grant(KEYS[3], KEYS[4], KEYS[5], ARGV[5], ARGV[7]) end
+    if not turn then turn = grant(KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[3]) end
   end
   if (not turn) or turn == wid then
     -- INCR before SET: if the counter holds garbage the script fails before writing.
     local fence = redis.call('INCR', KEYS[2])
-    local floor = tonumber(ARGV[4])
+    local floor = tonumber(ARGV[7])
     if fence > floor then
-      redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+      redis.call('SET', KEYS[1], token, 'PX', ARGV[5])
       if turn then
-        redis.call('DEL', KEYS[4], ARGV[5] .. wid)
+        redis.call('DEL', KEYS[4], ARGV[1] .. wid)
       end
       return {1, fence}
     end
@@ -42,7 +44,7 @@ if not current then
     current = RECOVERING
     if turn then
       -- A waiter given the turn keeps its place: the turn ends, it goes back to the front.
-      redis.call('DEL', KEYS[4], ARGV[5] .. wid)
+      redis.call('DEL', KEYS[4], ARGV[1] .. wid)
     end
   end
 end
@@ -54,9 +56,9 @@ if wid ~= '' then
   if not redis.call('ZSCORE', KEYS[5], wid) then
     redis.call(turn == wid and 'LPUSH' or 'RPUSH', KEYS[3], wid)
   end
-  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[6]), wid)
+  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[2]), wid)
   -- The queue outlives its last live waiter by a little, never forever.
-  redis.call('PEXPIRE', KEYS[3], 2 * tonumber(ARGV[6]))
-  redis.call('PEXPIRE', KEYS[5], 2 * tonumber(ARGV[6]))
+  redis.call('PEXPIRE', KEYS[3], 2 * tonumber(ARGV[2]))
+  redis.call('PEXPIRE', KEYS[5], 2 * tonumber(ARGV[2]))
 end
 return {0, redis.call('PTTL', KEYS[1]), current == RECOVERING and 1 or 0}
