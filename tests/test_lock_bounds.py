@@ -192,3 +192,59 @@ def test_extend_below_the_floor_is_refused(contexts: Callable[[str], RedisContex
         with pytest.raises(ConfigurationError, match=r"ttl=0\.01 is too short"):
             lock.extend(0.01)
         lease.ensure_held()
+
+
+def test_shutdown_releases_a_thread_blocked_in_acquire(redis_server: RedisServer) -> None:
+    """shutdown_resources() returns within a second while a thread waits in acquire() (no timeout),
+    and that thread then raises ShutdownError, a TickerQError."""
+    from tickerq import ShutdownError
+
+    holder = add_tickerq(
+        lambda o: (
+            o.configure_scheduler(node_identifier="holder"),
+            o.add_redis(configuration=redis_server.address),
+        )
+    )
+    waiter = add_tickerq(
+        lambda o: (
+            o.configure_scheduler(node_identifier="waiter"),
+            o.add_redis(configuration=redis_server.address),
+        )
+    )
+    holder.init_resources()
+    waiter.init_resources()
+    outcome: list[BaseException | None] = []
+    try:
+        held = holder.redis_context().lock("busy", ttl=10)
+        held.acquire()
+        lock = waiter.redis_context().lock("busy", ttl=10)
+
+        def wait() -> None:
+            try:
+                lock.acquire()
+            except BaseException as exc:
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        wait_until(lambda: redis_server_has_waiter(redis_server, "busy"))
+        started = time.monotonic()
+        waiter.shutdown_resources()
+        took = time.monotonic() - started
+        thread.join(2.0)
+        assert not thread.is_alive()
+        assert took < 1.0
+        assert 1 == len(outcome)
+        assert isinstance(outcome[0], ShutdownError)
+        assert isinstance(outcome[0], TickerQError)
+        held.release()
+    finally:
+        waiter.shutdown_resources()
+        holder.shutdown_resources()
+
+
+def redis_server_has_waiter(server: RedisServer, name: str) -> bool:
+    with redis.Redis(host=server.host, port=server.port) as client:
+        return bool(client.zcard(f"tickerq:tq:lock-waiters:{name}"))

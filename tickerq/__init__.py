@@ -15,6 +15,7 @@ from tickerq.errors import (
     RedisReadOnlyError,
     RedisUnavailableError,
     SerializationError,
+    ShutdownError,
     TickerQError,
 )
 from tickerq.events import (
@@ -64,6 +65,7 @@ __all__ = [
     "RedisUnavailableError",
     "SchedulerOptions",
     "SerializationError",
+    "ShutdownError",
     "TickerQContainer",
     "TickerQError",
     "TickerQOptions",

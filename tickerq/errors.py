@@ -19,6 +19,7 @@ __all__ = [
     "RedisReadOnlyError",
     "RedisUnavailableError",
     "SerializationError",
+    "ShutdownError",
     "TickerQError",
 ]
 
@@ -107,6 +108,10 @@ class KeyTypeError(TickerQError, TypeError):
 
 class SerializationError(TickerQError, TypeError):
     """A value cannot be converted to or from the JSON tickerq stores in Redis."""
+
+
+class ShutdownError(TickerQError, RuntimeError):
+    """The node is shutting down: ``shutdown_resources()`` released this call or refused new work."""
 
 
 class LockError(TickerQError):

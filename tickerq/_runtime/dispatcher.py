@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from tickerq.errors import TickerQError
+from tickerq.errors import ShutdownError
 
 __all__ = ["Dispatcher", "DispatcherStoppedError"]
 
@@ -29,7 +29,7 @@ T = TypeVar("T")
 _Item = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any], str] | None
 
 
-class DispatcherStoppedError(TickerQError, RuntimeError):
+class DispatcherStoppedError(ShutdownError):
     """Work was handed to a dispatcher that is stopping or stopped."""
 
 

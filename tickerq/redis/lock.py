@@ -52,7 +52,7 @@ from typing import Any
 import redis
 
 from tickerq.durations import Duration, to_milliseconds
-from tickerq.errors import LockError, LockLostError, LockTimeoutError, TickerQError
+from tickerq.errors import LockError, LockLostError, LockTimeoutError, ShutdownError, TickerQError
 from tickerq.redis.keys import Keys
 from tickerq.redis.lease import LOST, RENEW, Lease, LockKeys, Renewal, renew_arguments
 from tickerq.redis.lock_calls import ACQUIRE, RELEASE, LockCalls, LockCommands, pack
@@ -150,12 +150,17 @@ class LockManager:
         )  # fmt: skip
 
     def close(self, timeout: float = 1.0) -> None:
-        """Stop the watchdog's threads; safe twice.
+        """Stop the watchdog's threads and release waiting callers; safe twice.
 
         Leases still held are no longer renewed or watched (``ensure_held()`` still
-        checks their deadline) and new acquisitions raise :class:`LockError`.
+        checks their deadline), a thread waiting in ``acquire()`` raises
+        :class:`~tickerq.errors.ShutdownError` at once, and new acquisitions raise
+        :class:`LockError`.
         """
         self.watchdog.stop(timeout)
+        # Wake the waiters: a BLPOP in flight fails when its connection is closed,
+        # and the loop then sees that the manager is closed.
+        self._client.connection_pool.disconnect()
 
     def _acquire(self, lock: Lock) -> Lease:
         """Acquire ``lock`` for its Lock object; see :meth:`Lock.acquire`."""
@@ -194,10 +199,9 @@ class LockManager:
                 remaining = self._max_block if wait_ends is None else wait_ends - time.monotonic()
                 if remaining <= 0:
                     raise LockTimeoutError(f"lock {name!r} not acquired within wait_timeout={wait} s")
-                block = max(0.01, min(self._max_block, remaining))
-                calls.run(
-                    name, pack(calls.encoder, "BLPOP", commands.keys.wake_prefix + token, block), None, ends
-                )
+                self._wait_turn(name, commands.keys.wake_prefix + token, remaining, ends)
+        except ShutdownError:
+            raise  # the pools are closing: the place in line expires after WAITER_LIVENESS
         except BaseException as exc:
             # Only a non-blocking "taken" reply is known to have changed nothing.
             if blocking or not isinstance(exc, LockTimeoutError):
@@ -214,6 +218,24 @@ class LockManager:
             self._release(lease)
             raise
         return lease
+
+    def _wait_turn(self, name: str, wake_key: str, remaining: float, ends: float | None) -> None:
+        """Block until woken for our turn (BLPOP on our wake list), at most ``remaining`` s."""
+        self._raise_if_closed(name)
+        block = max(0.01, min(self._max_block, remaining))
+        try:
+            self._calls.run(name, pack(self._calls.encoder, "BLPOP", wake_key, block), None, ends)
+        except TickerQError:
+            self._raise_if_closed(name)  # close() broke the connection under us
+            raise
+
+    def _raise_if_closed(self, name: str) -> None:
+        if self.watchdog.closed:
+            raise ShutdownError(
+                f"lock {name!r} was not acquired: shutdown_resources() stopped the lock manager",
+                operation="lock acquire",
+                name=name,
+            )
 
     def _let_go(self, lock: Lock, token: bytes, by: float | None) -> None:
         """After a failed acquire: leave the line, and let go if a reply we never got was a success.
