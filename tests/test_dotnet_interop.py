@@ -205,6 +205,29 @@ def test_python_death_reaches_python_handlers_after_dotnet_removed_it(
     assert {"net-1", "py-survivor"} == set(registry_ids(raw))
 
 
+def test_dead_python_node_removed_by_dotnet_is_still_reported_dead(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    """get_dead_nodes() lists a dead Python node a .NET node removed, before and after a Python beat saw the rewrite."""
+    python(redis_server, "py-1").beat()
+    victim = python(redis_server, "py-victim")
+    victim.beat()
+    net = dotnet(raw, "net-1")
+    net.notify_node_alive()
+    raw.delete("tickerq:hb:py-victim")
+    assert ["py-victim"] == net.get_dead_nodes()
+    probe = python(redis_server, "probe")
+    assert ("py-victim",) == probe.dead()  # the rewrite is not checked yet: full comparison
+    python(redis_server, "py-1").beat()  # checks the rewrite and records what the registry lacks
+    assert "py-victim" not in registry_ids(raw)
+    assert ("py-victim",) == probe.dead()
+    assert ("py-1", "net-1", "py-victim") == probe.registered()
+    victim.beat()  # it was only paused: back in the registry
+    assert () == probe.dead()
+    assert {"net-1", "py-1", "py-victim"} == set(registry_ids(raw))
+    assert not raw.exists(KEYS.unlisted)
+
+
 def test_dead_dotnet_node_is_left_for_the_grace_then_removed(redis_server: RedisServer, raw: redis.Redis) -> None:
     """A dead .NET node stays registered through the grace (no Python handler runs for it), then a scan removes it."""
     net = dotnet(raw, "net-dead")

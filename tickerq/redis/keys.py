@@ -56,6 +56,12 @@ class Keys:
         return f"{self.instance}tq:registry-length"
 
     @property
+    def unlisted(self) -> str:
+        """tickerq nodes the registry lacks (dead ones a .NET node removed), exact while
+        ``registry_length`` matches: readers need not compare the whole node set with the registry."""
+        return f"{self.instance}tq:unlisted"
+
+    @property
     def foreign_dead(self) -> str:
         """A hash of dead nodes that are not ours, with when the scan first saw each dead (ms)."""
         return f"{self.instance}tq:foreign-dead"

@@ -195,6 +195,7 @@ class NodeRegistry:
                     keys.scan_lease,
                     keys.registry_length,
                     keys.foreign_dead,
+                    keys.unlisted,
                 ],
                 [
                     self.node_id,
@@ -265,7 +266,9 @@ class NodeRegistry:
         keys = self._keys
         with translate_errors("node health"):
             status, registered, dead = _NODES(
-                self._client, [keys.registry, keys.tickerq_nodes], [keys.heartbeat_prefix, what]
+                self._client,
+                [keys.registry, keys.tickerq_nodes, keys.registry_length, keys.unlisted],
+                [keys.heartbeat_prefix, what],
             )
         if _text(status) == "corrupt":
             log.warning("the node registry %s is corrupted; the next heartbeat scan repairs it", keys.registry)
@@ -289,6 +292,7 @@ class NodeRegistry:
                     keys.tickerq_nodes,
                     keys.registry_length,
                     keys.foreign_dead,
+                    keys.unlisted,
                     *(keys.heartbeat(node) for node in ids),
                 ],
                 [self._registry_ttl_ms, self._registry_ticks, keys.heartbeat_prefix, *ids],

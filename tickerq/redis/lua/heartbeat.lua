@@ -1,6 +1,7 @@
 -- One heartbeat: payload, registry membership, TTLs and (maybe) the dead-node scan.
 -- KEYS: 1 heartbeat, 2 registry, 3 tickerq nodes (set), 4 scan lease, 5 registry length
---       seen, 6 foreign dead nodes (hash: id -> ms when first seen dead)
+--       seen, 6 foreign dead nodes (hash: id -> ms when first seen dead), 7 our nodes the
+--       registry lacks (set)
 -- ARGV: 1 node id, 2 heartbeat TTL ms, 3 registry sliding ms, 4 registry sliding ticks,
 --       5 scan lease ms (0: no scan), 6 heartbeat key prefix, 7 instance token,
 --       8 duplicate check ('later', 'first' or 'refuse': a first beat that does not write
@@ -16,6 +17,7 @@ local sec, usec, now = server_time()
 
 local types, bad = check_types({
   {KEYS[1], 'hash', 'string'}, {KEYS[2], 'hash', 'string'}, {KEYS[3], 'set'}, {KEYS[5], 'string'},
+  {KEYS[7], 'set'},
 })
 if bad then
   return redis.error_reply(bad)
@@ -64,7 +66,7 @@ local function verify(kind)
   if status == 'corrupt' then
     repaired = 1
   end
-  local back = merge_live_members(ids, KEYS[3], prefix)
+  local back, missing = merge_live_members(ids, KEYS[3], prefix)
   if status ~= 'missing' then
     restored = restored + back
   end
@@ -73,6 +75,7 @@ local function verify(kind)
   else
     redis.call('SET', KEYS[5], redis.call('HSTRLEN', KEYS[2], 'data'), 'PX', sliding_ms)
   end
+  record_unlisted(KEYS[7], missing, sliding_ms)
 end
 
 if types[2] ~= 'hash' then
@@ -86,9 +89,12 @@ elseif added == 1 or not was_alive then
   local item = cjson.encode(node)
   if string.sub(data, 1, 1) ~= '[' or string.sub(data, -1) ~= ']' then
     verify('hash')
-  elseif not string.find(',' .. string.sub(data, 2, -2) .. ',', ',' .. item .. ',', 1, true) then
-    data = string.sub(data, 1, -2) .. (#data > 2 and ',' or '') .. item .. ']'
-    store_registry(KEYS[2], KEYS[5], data, sec, usec, sliding_ticks, sliding_ms)
+  else
+    if not string.find(',' .. string.sub(data, 2, -2) .. ',', ',' .. item .. ',', 1, true) then
+      data = string.sub(data, 1, -2) .. (#data > 2 and ',' or '') .. item .. ']'
+      store_registry(KEYS[2], KEYS[5], data, sec, usec, sliding_ticks, sliding_ms)
+    end
+    redis.call('SREM', KEYS[7], node)
   end
 else
   local h = redis.call('HMGET', KEYS[2], 'absexp', 'sldexp')
@@ -112,6 +118,7 @@ if tonumber(ARGV[5]) > 0 and redis.call('SET', KEYS[4], node, 'NX', 'PX', ARGV[5
   end
   local changed = repaired == 1
   local members = redis.call('SMEMBERS', KEYS[3])
+  local missing = {}
   local ours = {}
   for _, id in ipairs(members) do
     ours[id] = true
@@ -137,9 +144,11 @@ if tonumber(ARGV[5]) > 0 and redis.call('SET', KEYS[4], node, 'NX', 'PX', ARGV[5
         changed = true
       else
         dead[#dead + 1] = id
+        missing[#missing + 1] = id
       end
     end
   end
+  record_unlisted(KEYS[7], missing, sliding_ms)
   -- A dead node that is not ours (a .NET node) is left for the .NET survivors to release and
   -- remove; after the grace period we remove it.
   local grace, pending, expired = tonumber(ARGV[10]), {}, {}

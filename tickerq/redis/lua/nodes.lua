@@ -1,7 +1,8 @@
 -- The nodes the cluster knows (the registry, plus tickerq nodes it lacks: dropped by a .NET
 -- node's rewrite, or dead and not yet handled) and which of them have no heartbeat key.
 -- Reads only, apart from renewing the registry's sliding TTL as any RedisCache reader does.
--- KEYS: 1 registry, 2 tickerq nodes (set)
+-- KEYS: 1 registry, 2 tickerq nodes (set), 3 registry length seen, 4 our nodes the registry
+--       lacks (set: exact while the length matches)
 -- ARGV: 1 heartbeat key prefix, 2 what to return: 'dead', 'registered' or 'health' (both)
 -- Returns {status, registered ids, dead ids}; a list not asked for is empty. status is 'ok',
 -- 'missing' or 'corrupt'. The ids may repeat when the registry repeats them.
@@ -28,15 +29,24 @@ if raw then
   end
 end
 
-local members = redis.call('SMEMBERS', KEYS[2])
-local unlisted = {}
-for _, id in ipairs(members) do
-  unlisted[id] = true
+-- Our nodes the registry lacks: recorded by the last tickerq write or check when the registry is
+-- still as it left it (O(1)); else compare our whole set with the registry.
+local members, unlisted = nil, nil
+if status == 'ok' and types[1] == 'hash'
+  and tostring(redis.call('HSTRLEN', KEYS[1], 'data')) == redis.call('GET', KEYS[3]) then
+  members = redis.call('SMEMBERS', KEYS[4])
+else
+  members, unlisted = redis.call('SMEMBERS', KEYS[2]), {}
+  for _, id in ipairs(members) do
+    unlisted[id] = true
+  end
 end
 local registered, dead = {}, {}
 for _, id in ipairs(list) do
   if type(id) == 'string' then
-    unlisted[id] = nil
+    if unlisted then
+      unlisted[id] = nil
+    end
     if want_registered then
       registered[#registered + 1] = id
     end
@@ -48,7 +58,7 @@ for _, id in ipairs(list) do
   end
 end
 for _, id in ipairs(members) do
-  if unlisted[id] then
+  if not unlisted or unlisted[id] then
     if want_registered then
       registered[#registered + 1] = id
     end

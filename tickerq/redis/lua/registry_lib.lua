@@ -4,7 +4,9 @@
 -- shared with TickerQ .NET nodes. The set of tickerq (Python) nodes lives beside it, and a
 -- small key holds the length of the registry's data as tickerq last wrote or checked it: a
 -- beat compares it with HSTRLEN, in O(1), to notice a rewrite by another writer (a .NET node's
--- read-modify-write may have dropped one of ours).
+-- read-modify-write may have dropped one of ours). While that length matches, a set beside it
+-- ("unlisted") holds exactly our nodes the registry lacks (dead ones a .NET node removed), so
+-- a reader need not compare our whole set with the registry.
 
 -- Check that each {key, type, other type} entry holds one of those types or nothing.
 -- Returns the types found, and an error message (mapped by Python to tickerq.KeyTypeError)
@@ -70,18 +72,34 @@ local function store_registry(key, length_key, data, sec, usec, sliding_ticks, s
   redis.call('SET', length_key, #data, 'PX', sliding_ms)
 end
 
--- Append to ``ids`` every tickerq node with a live heartbeat that it lacks. Returns how many.
+-- Record which of our nodes the registry (as just written or checked) lacks.
+local function record_unlisted(unlisted_key, missing, ttl_ms)
+  redis.call('DEL', unlisted_key)
+  for i = 1, #missing, 1000 do
+    redis.call('SADD', unlisted_key, unpack(missing, i, math.min(i + 999, #missing)))
+  end
+  if #missing > 0 then
+    redis.call('PEXPIRE', unlisted_key, ttl_ms)
+  end
+end
+
+-- Append to ``ids`` every tickerq node with a live heartbeat that it lacks. Returns how many,
+-- and the dead ones it lacks.
 local function merge_live_members(ids, members_key, hb_prefix)
   local listed = {}
   for _, id in ipairs(ids) do
     listed[id] = true
   end
-  local added = 0
+  local added, missing = 0, {}
   for _, id in ipairs(redis.call('SMEMBERS', members_key)) do
-    if not listed[id] and redis.call('EXISTS', hb_prefix .. id) == 1 then
-      ids[#ids + 1] = id
-      added = added + 1
+    if not listed[id] then
+      if redis.call('EXISTS', hb_prefix .. id) == 1 then
+        ids[#ids + 1] = id
+        added = added + 1
+      else
+        missing[#missing + 1] = id
+      end
     end
   end
-  return added
+  return added, missing
 end
