@@ -65,6 +65,7 @@ _INVALIDATED, _LOCK_TAKEN, _WRONG_TYPE = 0, -1, -2  # cache_store.lua's replies 
 _FIRST_POLL_S, _MAX_POLL_S = 0.005, 0.05
 _ZERO, _ONE_MS = timedelta(0), timedelta(milliseconds=1)
 _RECOVERED = "Redis answers again; the cache is back in use"
+_FIELDS = tuple(field.encode() for field in FIELDS)  # bytes: redis-py sends them without encoding
 
 
 class _Flight(Future[bytes | None]):
@@ -167,7 +168,7 @@ class DistributedCache:
         online = self._breaker.allow()
         if online:
             try:
-                absexp, sldexp, raw = self._client.execute_command("HMGET", key, *FIELDS)
+                absexp, sldexp, raw = self._client.execute_command("HMGET", key, *_FIELDS)
             except redis.RedisError as exc:
                 # WRONGTYPE: an older tickerq's string or someone else's data; the
                 # acquire script tells which.
