@@ -26,7 +26,7 @@ import redis
 from tickerq.durations import to_milliseconds
 from tickerq.redis.entry import duration_ticks, unix_ns_to_ticks
 from tickerq.redis.keys import Keys
-from tickerq.redis.registry import REGISTRY_TTL, NodeRegistry
+from tickerq.redis.registry import REGISTRY_TTL, NodeRegistry, process_token
 from tickerq.redis.scripts import LuaScript
 from tickerq.testing import RedisServer, find_redis_server
 
@@ -228,7 +228,7 @@ class Cluster:
         for start in range(0, len(live), _CHUNK):
             with admin.pipeline(transaction=False) as pipe:
                 for node in live[start : start + _CHUNK]:
-                    payload = orjson.dumps({"Ts": now_ms, "Node": node, "Instance": "bench"})
+                    payload = orjson.dumps({"Ts": now_ms, "Node": node, "Instance": process_token()})
                     key = keys.heartbeat(node)
                     pipe.hset(key, mapping={"absexp": absexp, "sldexp": -1, "data": payload})
                     pipe.pexpire(key, self.heartbeat_ttl_ms)
@@ -252,7 +252,7 @@ class Cluster:
         )
 
     def restore(self, admin: redis.Redis, *, drop: Sequence[str] = ()) -> None:
-        """Put back the registry and tickerq's node set as :meth:`register` left them (undo a removal or a join).
+        """Put back the registry and the node set as :meth:`register` left them (undo a removal or a join).
 
         Args:
             drop: Nodes that joined since: their set entry and heartbeat are removed.

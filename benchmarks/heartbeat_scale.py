@@ -20,7 +20,7 @@ Then, side by side at 1,000 registered nodes of which half are dead (``--compare
 ``--compare-dead``): ``get_dead_nodes()`` against TickerQ .NET's algorithm implemented
 faithfully on the same layout (``HMGET`` of the registry plus the sliding renewal a
 ``RedisCache`` reader sends, then one ``HMGET`` per node), alternating call by call;
-it prints both medians and the ratio (target ≥ 20×).
+it prints both medians and the ratio (target ≥ 20x).
 
 Run ``python benchmarks/heartbeat_scale.py`` (``--quick`` stops at 100 nodes;
 ``--compare-only`` runs just the comparison). Set ``TICKERQ_REDIS_SERVER`` to choose
@@ -170,7 +170,12 @@ def tickerq_dotnet_dead_nodes(client: redis.Redis) -> list[str]:
 
 
 def compare_with_tickerq(
-    admin: redis.Redis, client: redis.Redis, counter: RoundTripCounter, n: int, dead_fraction: float, rounds: int
+    admin: redis.Redis,
+    client: redis.Redis,
+    counter: RoundTripCounter,
+    n: int,
+    dead_fraction: float,
+    rounds: int,
 ) -> float:
     """Time get_dead_nodes() against TickerQ's algorithm, alternating; print both and return the ratio."""
     admin.flushall()
@@ -233,7 +238,12 @@ def main() -> None:
         print(describe_machine(admin))
         load_scripts(admin)
         compare_with_tickerq(
-            admin, client, counter, args.compare_n, args.compare_dead, 10 if args.quick else args.compare_rounds
+            admin,
+            client,
+            counter,
+            args.compare_n,
+            args.compare_dead,
+            10 if args.quick else args.compare_rounds,
         )
         if args.compare_only:
             return

@@ -56,7 +56,7 @@ class RedisCache:
     def set(
         self, key: str, value: bytes, *, absolute: timedelta | None = None, sliding: timedelta | None = None
     ) -> None:
-        """``Set(key, value, new DistributedCacheEntryOptions { AbsoluteExpirationRelativeToNow, SlidingExpiration })``."""
+        """``Set(key, value, options)`` with ``AbsoluteExpirationRelativeToNow`` and ``SlidingExpiration``."""
         created = now_ticks()
         absexp = created + ticks(absolute) if absolute is not None else None
         seconds: list[float] = []
@@ -170,7 +170,11 @@ class DotNetNode:
             pipe.hget(prefixed, "data")
             pipe.hset(
                 prefixed,
-                mapping={"absexp": NOT_PRESENT, "sldexp": ticks(timedelta(days=30)), "data": dotnet_json(nodes)},
+                mapping={
+                    "absexp": NOT_PRESENT,
+                    "sldexp": ticks(timedelta(days=30)),
+                    "data": dotnet_json(nodes),
+                },
             )
             pipe.expire(prefixed, int(timedelta(days=30).total_seconds()))
             replaced, _, _ = pipe.execute()

@@ -121,7 +121,7 @@ class Point:
 def test_miss_stores_json_array_at_instance_key_with_ttl(
     cache: DistributedCache, redis_client: redis.Redis
 ) -> None:
-    """A miss stores a RedisCache hash at {instance}{key}: JSON data, absexp = now + expiration, TTL = expiration."""
+    """A miss stores a RedisCache hash at {instance}{key}: JSON data, absexp now + expiration, TTL so."""
     value = [1, "a", {"b": None}]
     assert value == cache.get_or_set_array("users", Factory(value), timedelta(seconds=30))
     entry = redis_client.hgetall("tickerq:users")
@@ -237,7 +237,7 @@ def test_wrong_type_key_raises_and_is_left_untouched(
 def test_string_entry_of_an_older_tickerq_is_replaced_by_a_hash(
     cache: DistributedCache, redis_client: redis.Redis, garbage: bytes
 ) -> None:
-    """A string at the key (an older tickerq's layout) is a miss, recomputed and stored as a RedisCache hash."""
+    """A string at the key (an older tickerq's layout) is a miss, recomputed and stored as a hash."""
     redis_client.set("tickerq:k", garbage)
     factory = Factory([2])
     assert [2] == cache.get_or_set_array("k", factory, 60)

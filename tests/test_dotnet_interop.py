@@ -1,4 +1,4 @@
-"""Python and TickerQ .NET nodes on one Redis: the emulated .NET node (tests/dotnet.py) and tickerq read each other."""
+"""Python and TickerQ .NET nodes on one Redis: tickerq and an emulated .NET node (tests/dotnet.py)."""
 
 from __future__ import annotations
 
@@ -43,10 +43,19 @@ def dotnet(client: redis.Redis, node: str, interval: float = 60.0, pause: float 
 
 
 def python(
-    server: RedisServer, node: str, ttl: float = 80.0, grace: timedelta | None = None, token: str | None = None
+    server: RedisServer,
+    node: str,
+    ttl: float = 80.0,
+    grace: timedelta | None = None,
+    token: str | None = None,
 ) -> NodeRegistry:
     return NodeRegistry(
-        server.client(), KEYS, node, timedelta(seconds=ttl), foreign_dead_node_grace=grace, instance_token=token
+        server.client(),
+        KEYS,
+        node,
+        timedelta(seconds=ttl),
+        foreign_dead_node_grace=grace,
+        instance_token=token,
     )
 
 
@@ -59,7 +68,11 @@ def service(
 ) -> HeartbeatService:
     client = server.client(socket_timeout=2, socket_connect_timeout=2)
     registry = NodeRegistry(
-        client, KEYS, node, timedelta(seconds=interval * 3), interval=timedelta(seconds=interval),
+        client,
+        KEYS,
+        node,
+        timedelta(seconds=interval * 3),
+        interval=timedelta(seconds=interval),
         foreign_dead_node_grace=grace,
     )
     return HeartbeatService(
@@ -88,7 +101,9 @@ def test_dotnet_reads_python_heartbeat_and_registry(redis_server: RedisServer, r
     assert ["py-1", "net-1"] == registry_ids(raw)
 
 
-def test_dotnet_read_renews_the_registry_ttl_python_wrote(redis_server: RedisServer, raw: redis.Redis) -> None:
+def test_dotnet_read_renews_the_registry_ttl_python_wrote(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
     """The registry Python writes slides as .NET expects: a .NET read renews its TTL to 30 days."""
     python(redis_server, "py-1").beat()
     raw.expire(REGISTRY, 100)
@@ -97,7 +112,7 @@ def test_dotnet_read_renews_the_registry_ttl_python_wrote(redis_server: RedisSer
 
 
 def test_python_reads_dotnet_heartbeat_and_registry(redis_server: RedisServer, raw: redis.Redis) -> None:
-    """Python lists a .NET node, sees it alive, joins the registry it wrote, and reports it dead when its heartbeat goes."""
+    """Python lists a live .NET node, joins its registry and reports it dead when its heartbeat goes."""
     net = dotnet(raw, "net-1", interval=10)
     net.notify_node_alive()
     assert 29 <= raw.ttl("tickerq:hb:net-1") <= 30  # interval + 20 s, whole seconds
@@ -110,7 +125,9 @@ def test_python_reads_dotnet_heartbeat_and_registry(redis_server: RedisServer, r
     assert ("net-1", "py-1") == probe.health().registered
 
 
-def test_python_beat_renews_the_sliding_registry_dotnet_wrote(redis_server: RedisServer, raw: redis.Redis) -> None:
+def test_python_beat_renews_the_sliding_registry_dotnet_wrote(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
     """A Python beat reads the registry as a RedisCache reader does: its sliding TTL is renewed."""
     dotnet(raw, "net-1").notify_node_alive()
     node = python(redis_server, "py-1")
@@ -126,7 +143,7 @@ def test_python_beat_renews_the_sliding_registry_dotnet_wrote(redis_server: Redi
 def test_python_nodes_dropped_by_dotnet_rewrites_come_back_within_an_interval(
     redis_server: RedisServer, raw: redis.Redis
 ) -> None:
-    """While .NET nodes rewrite the registry non-atomically, joining Python nodes get dropped; all are back within ~one interval."""
+    """.NET rewrites drop joining Python nodes; after a drop all are back within about one interval."""
     interval = 0.2
     stop = threading.Event()
     churners = [dotnet(redis_server.client(), f"net-{i}", pause=0.004) for i in range(2)]
@@ -186,7 +203,7 @@ def test_every_python_write_merges_all_live_python_nodes(redis_server: RedisServ
 def test_python_death_reaches_python_handlers_after_dotnet_removed_it(
     redis_server: RedisServer, raw: redis.Redis, survivor_started: str
 ) -> None:
-    """A dead Python node that a .NET node removed from the registry first still reaches the survivors' handlers."""
+    """A dead Python node a .NET node removed first still reaches the Python survivors' handlers."""
     if survivor_started == "before":
         python(redis_server, "py-survivor").beat()
     python(redis_server, "py-victim").beat()
@@ -208,7 +225,7 @@ def test_python_death_reaches_python_handlers_after_dotnet_removed_it(
 def test_dead_python_node_removed_by_dotnet_is_still_reported_dead(
     redis_server: RedisServer, raw: redis.Redis
 ) -> None:
-    """get_dead_nodes() lists a dead Python node a .NET node removed, before and after a Python beat saw the rewrite."""
+    """get_dead_nodes() lists a dead Python node a .NET node removed, before and after a beat saw that."""
     python(redis_server, "py-1").beat()
     victim = python(redis_server, "py-victim")
     victim.beat()
@@ -228,8 +245,10 @@ def test_dead_python_node_removed_by_dotnet_is_still_reported_dead(
     assert not raw.exists(KEYS.unlisted)
 
 
-def test_dead_dotnet_node_is_left_for_the_grace_then_removed(redis_server: RedisServer, raw: redis.Redis) -> None:
-    """A dead .NET node stays registered through the grace (no Python handler runs for it), then a scan removes it."""
+def test_dead_dotnet_node_is_left_for_the_grace_then_removed(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    """A dead .NET node stays registered through the grace (no Python handler runs), then a scan drops it."""
     net = dotnet(raw, "net-dead")
     net.notify_node_alive()
     raw.delete("tickerq:hb:net-dead")
@@ -290,8 +309,10 @@ class Ticker:
     Function: str
 
 
-def test_dotnet_cache_entry_is_a_hit_for_get_or_set_array(redis_server: RedisServer, raw: redis.Redis) -> None:
-    """An array .NET cached (PascalCase objects) comes back as dicts, or as item_type instances, without the factory."""
+def test_dotnet_cache_entry_is_a_hit_for_get_or_set_array(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    """An array .NET cached (PascalCase objects) is a hit: dicts, or item_type instances."""
     net = dotnet(raw, "net-1")
     value = [{"Id": 1, "Function": "Send"}, {"Id": 2, "Function": "Bill"}]
     net.get_or_set_array("tickers", lambda: value, timedelta(minutes=5))
@@ -301,7 +322,9 @@ def test_dotnet_cache_entry_is_a_hit_for_get_or_set_array(redis_server: RedisSer
         raise AssertionError("a hit must not call the factory")
 
     assert value == cache.get_or_set_array("tickers", factory, 60)
-    assert [Ticker(1, "Send"), Ticker(2, "Bill")] == cache.get_or_set_array("tickers", factory, item_type=Ticker)
+    assert [Ticker(1, "Send"), Ticker(2, "Bill")] == cache.get_or_set_array(
+        "tickers", factory, item_type=Ticker
+    )
     assert 290 <= raw.ttl("tickerq:tickers") <= 300  # the hit left .NET's expiry alone
 
 
@@ -314,8 +337,10 @@ def test_hit_on_a_sliding_dotnet_entry_renews_its_ttl(redis_server: RedisServer,
     assert 595 <= raw.ttl("tickerq:k") <= 600
 
 
-def test_python_cache_entry_is_a_hit_in_dotnet_with_its_expiry(redis_server: RedisServer, raw: redis.Redis) -> None:
-    """An entry Python cached is a hit for .NET, with absexp = now + expiration and the key's TTL to match."""
+def test_python_cache_entry_is_a_hit_in_dotnet_with_its_expiry(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    """An entry Python cached is a hit for .NET, with absexp = now + expiration and the TTL to match."""
     cache = DistributedCache(raw, KEYS, operation_timeout=timedelta(seconds=1))
     cache.get_or_set_array("tickers", lambda: [Ticker(1, "Send")], timedelta(minutes=5))
     net = dotnet(raw, "net-1")
@@ -355,7 +380,7 @@ def test_older_string_registry_and_heartbeat_are_rewritten_as_hashes(
 def test_second_process_with_our_node_id_is_warned_about(
     redis_server: RedisServer, raw: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A first beat that finds a live heartbeat of another process under its node id logs a clear warning once."""
+    """A first beat finding another process's live heartbeat under its node id logs a warning, once."""
     caplog.set_level(logging.WARNING)
     first = python(redis_server, "web-01", token="process-a")
     first.beat(first=True)
@@ -363,7 +388,9 @@ def test_second_process_with_our_node_id_is_warned_about(
     beat = second.beat(first=True)
     assert beat.duplicate is not None
     assert "process-a" == beat.duplicate.token
-    assert 1 == caplog.text.count("node_identifier='web-01' is also used by another process (instance process-a)")
+    assert 1 == caplog.text.count(
+        "node_identifier='web-01' is also used by another process (instance process-a)"
+    )
     first.beat()  # the first process beats again: it now sees process-b's token
     second.beat()
     assert 1 == caplog.text.count("(instance process-b)")
@@ -375,14 +402,18 @@ def test_stale_heartbeat_of_a_stopped_process_is_not_a_duplicate(redis_server: R
     python(redis_server, "web-01", token="crashed").beat(first=True)
     time.sleep(0.3)
     restarted = NodeRegistry(
-        redis_server.client(), KEYS, "web-01", timedelta(seconds=80), interval=timedelta(seconds=0.2),
+        redis_server.client(),
+        KEYS,
+        "web-01",
+        timedelta(seconds=80),
+        interval=timedelta(seconds=0.2),
         instance_token="restarted",
     )
     assert restarted.beat(first=True).duplicate is None
 
 
 def test_refuse_duplicate_raises_and_writes_nothing(redis_server: RedisServer, raw: redis.Redis) -> None:
-    """With refusal asked, a first beat over another live process's heartbeat raises ConfigurationError and leaves it."""
+    """Asked to refuse, a first beat over another process's live heartbeat raises and leaves it."""
     python(redis_server, "web-01", token="process-a").beat(first=True)
     before = raw.hgetall("tickerq:hb:web-01")
     with pytest.raises(ConfigurationError, match="node_identifier='web-01' is also used by another process"):
@@ -391,7 +422,7 @@ def test_refuse_duplicate_raises_and_writes_nothing(redis_server: RedisServer, r
 
 
 def test_container_with_on_duplicate_node_refuse_does_not_start(redis_server: RedisServer) -> None:
-    """init_resources() raises ConfigurationError when another live process uses the node id and refusal is configured."""
+    """With on_duplicate_node="refuse", init_resources() raises when another live process uses the id."""
     python(redis_server, "web-01", token="another-process").beat(first=True)
     container = add_tickerq(
         lambda options: (

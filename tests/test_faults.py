@@ -98,10 +98,14 @@ def test_first_beat_leaves_dead_nodes_to_the_handlers(
     handled: list[str] = []
     container.init_resources()
     try:
-        assert ["old-worker", "new-worker"] == orjson.loads(redis_client.hget("tickerq:nodes:registry", "data"))
+        assert ["old-worker", "new-worker"] == orjson.loads(
+            redis_client.hget("tickerq:nodes:registry", "data")
+        )
         container.redis_context().add_dead_node_handler(handled.append)
         wait_until(lambda: handled)
-        wait_until(lambda: orjson.loads(redis_client.hget("tickerq:nodes:registry", "data")) == ["new-worker"])
+        wait_until(
+            lambda: orjson.loads(redis_client.hget("tickerq:nodes:registry", "data")) == ["new-worker"]
+        )
     finally:
         container.shutdown_resources()
         old.shutdown_resources()

@@ -57,7 +57,7 @@ def test_heartbeat_ttl_is_interval_plus_grace(redis_server: RedisServer, redis_c
 
 
 def test_registry_is_a_json_array_of_ids(redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    """The registry is {instance}nodes:registry, a hash of exactly absexp, sldexp and data, a JSON array in join order."""
+    """The registry is a hash of exactly absexp, sldexp and data, a JSON array of ids in join order."""
     for node in ("a", "b", "c"):
         make(redis_server, node).beat()
     assert {"absexp", "sldexp", "data"} == set(redis_client.hkeys(REGISTRY))
@@ -217,7 +217,7 @@ def test_beat_restores_members_missing_from_a_rewritten_registry(
 def test_scan_restores_a_member_dropped_by_a_rewrite_of_equal_length(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
-    """A rewrite that keeps the registry's length escapes the per-beat check; the scan puts the member back."""
+    """A rewrite keeping the registry's length escapes the per-beat check; the scan puts the member back."""
     make(redis_server, "a").beat()
     make(redis_server, "b").beat()
     redis_client.hset(REGISTRY, "data", '["a","x"]')  # b replaced by a foreign id of the same length

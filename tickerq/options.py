@@ -60,6 +60,10 @@ def _optional_grace(value: object, field: attrs.Attribute[Any]) -> timedelta | N
     return None if value is None else to_timedelta(value, field=field.name, allow_zero=True)
 
 
+def _optional_grace_field() -> Any:
+    return attrs.field(default=None, converter=attrs.Converter(_optional_grace, takes_field=True))
+
+
 def _one_of(*allowed: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     def check(_instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
         if value not in allowed:
@@ -185,9 +189,7 @@ class RedisOptions(_Options):
     max_connections: int = attrs.field(default=50, validator=_int_at_least(1))
     pool_timeout: timedelta = _duration_field(timedelta(seconds=5))
     outage_retry_interval: timedelta = _duration_field(timedelta(seconds=5))
-    foreign_dead_node_grace: timedelta | None = attrs.field(
-        default=None, converter=attrs.Converter(_optional_grace, takes_field=True)
-    )
+    foreign_dead_node_grace: timedelta | None = _optional_grace_field()
     on_duplicate_node: str = attrs.field(default="warn", validator=_one_of("warn", "refuse"))
     _frozen: bool = attrs.field(default=False, init=False, repr=False, eq=False)
 

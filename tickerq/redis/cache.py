@@ -168,7 +168,7 @@ class DistributedCache:
         online = self._breaker.allow()
         if online:
             try:
-                absexp, sldexp, raw = self._client.execute_command("HMGET", key, *_FIELDS)
+                absexp, sldexp, raw = self._client.execute_command("HMGET", key, *_FIELDS)  # type: ignore[no-untyped-call]
             except redis.RedisError as exc:
                 # WRONGTYPE: an older tickerq's string or someone else's data; the
                 # acquire script tells which.

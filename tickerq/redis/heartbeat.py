@@ -170,7 +170,9 @@ class HeartbeatService:
         try:
             first = not self._joined
             beat = self.registry.beat(
-                self._scan_lease if scan else None, first=first, refuse_duplicate=first and self._refuse_duplicate
+                self._scan_lease if scan else None,
+                first=first,
+                refuse_duplicate=first and self._refuse_duplicate,
             )
             self._joined = True
             self._outage.succeeded()
@@ -209,7 +211,9 @@ class HeartbeatService:
             ", ".join(removed) or "none",
         )
         self._events.publish(
-            NodesDead(detected_by=self.registry.node_id, nodes=(*dead, *foreign_removed), removed=tuple(removed))
+            NodesDead(
+                detected_by=self.registry.node_id, nodes=(*dead, *foreign_removed), removed=tuple(removed)
+            )
         )
 
     def _run_handlers(self, node: str) -> bool:

@@ -153,7 +153,11 @@ class NodeRegistry:
         self.instance_token = instance_token or process_token()
         self._heartbeat_ttl_ms = to_milliseconds(heartbeat_ttl)
         self._interval_ms = to_milliseconds(interval or heartbeat_ttl)
-        grace = foreign_dead_node_grace if foreign_dead_node_grace is not None else heartbeat_ttl * FOREIGN_GRACE_TTLS
+        grace = (
+            foreign_dead_node_grace
+            if foreign_dead_node_grace is not None
+            else heartbeat_ttl * FOREIGN_GRACE_TTLS
+        )
         self._foreign_grace_ms = grace // timedelta(milliseconds=1)
         self._registry_ttl_ms = to_milliseconds(REGISTRY_TTL)
         self._registry_ticks = duration_ticks(REGISTRY_TTL)
@@ -166,7 +170,9 @@ class NodeRegistry:
         twin._warned = set()
         return twin
 
-    def beat(self, scan_lease: timedelta | None = None, *, first: bool = False, refuse_duplicate: bool = False) -> Beat:
+    def beat(
+        self, scan_lease: timedelta | None = None, *, first: bool = False, refuse_duplicate: bool = False
+    ) -> Beat:
         """Write the heartbeat, keep the registry, and maybe take the scan lease.
 
         Args:
@@ -214,7 +220,11 @@ class NodeRegistry:
         if repaired:
             log.warning("the node registry %s was corrupted; rebuilt it from tickerq's nodes", keys.registry)
         if restored:
-            log.info("put %d tickerq node(s) back into the node registry %s (rewritten by another writer)", restored, keys.registry)
+            log.info(
+                "put %d tickerq node(s) back into the node registry %s (rewritten by another writer)",
+                restored,
+                keys.registry,
+            )
         found = self._duplicate(duplicate) if duplicate else None
         return Beat(
             timestamp_ms=int(now),
@@ -229,13 +239,17 @@ class NodeRegistry:
     def _duplicate(self, reply: list[bytes | int]) -> DuplicateNode:
         raw_token, age, refused = reply
         found = DuplicateNode(token=_text(raw_token), age_ms=int(age), refused=bool(refused))  # type: ignore[arg-type]
-        who = f"another process (instance {found.token})" if found.token else "a process that is not tickerq (a TickerQ .NET node?)"
+        who = (
+            f"another process (instance {found.token})"
+            if found.token
+            else "a process that is not tickerq (a TickerQ .NET node?)"
+        )
         age_text = f"{found.age_ms / 1000:.1f} s ago" if found.age_ms >= 0 else "at an unknown time"
         message = (
             f"node_identifier={self.node_id!r} is also used by {who}: its heartbeat in "
             f"{self._keys.heartbeat(self.node_id)} was written {age_text}. Two processes with one "
             "node identifier beat one key, so neither's death is detected: give every process its "
-            "own (e.g. f\"{socket.gethostname()}-{os.getpid()}\"). A process that stopped less "
+            'own (e.g. f"{socket.gethostname()}-{os.getpid()}"). A process that stopped less '
             "than one heartbeat interval ago also shows up here."
         )
         if found.refused:
@@ -271,7 +285,9 @@ class NodeRegistry:
                 [keys.heartbeat_prefix, what],
             )
         if _text(status) == "corrupt":
-            log.warning("the node registry %s is corrupted; the next heartbeat scan repairs it", keys.registry)
+            log.warning(
+                "the node registry %s is corrupted; the next heartbeat scan repairs it", keys.registry
+            )
         return _texts(registered), _texts(dead)
 
     def remove(self, node_ids: Iterable[str]) -> list[str]:
