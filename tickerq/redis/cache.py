@@ -43,7 +43,7 @@ import redis
 from tickerq.durations import Duration, to_milliseconds, to_timedelta
 from tickerq.errors import KeyTypeError, RedisUnavailableError, SerializationError, TickerQError
 from tickerq.redis.breaker import CircuitBreaker
-from tickerq.redis.entry import FIELDS, NOT_SET, ticks_to_unix_ms
+from tickerq.redis.entry import FIELDS, NOT_SET, sliding_renewal_ms
 from tickerq.redis.keys import Keys
 from tickerq.redis.scripts import LuaScript
 from tickerq.serialization import dumps_array, loads_array
@@ -349,15 +349,10 @@ class DistributedCache:
 
     def _renew(self, key: str, absexp: bytes | None, sldexp: bytes) -> None:
         """Renew a sliding entry's TTL as a RedisCache reader does (entries .NET wrote with one)."""
-        try:
-            window_ms = int(sldexp) // 10_000
-            if absexp is not None and absexp != NOT_SET:
-                window_ms = min(window_ms, ticks_to_unix_ms(absexp) - time.time_ns() // 1_000_000)
-        except ValueError:
-            return  # not a tick count: leave the TTL alone
-        if window_ms <= 0:
+        window_ms = sliding_renewal_ms(absexp, sldexp, time.time_ns() // 1_000_000)
+        if window_ms is None:
             return
-        try:
+        try:  # SE.Redis sends whole seconds as EXPIRE
             if window_ms % 1000 == 0:
                 self._client.expire(key, window_ms // 1000)
             else:

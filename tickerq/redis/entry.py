@@ -27,6 +27,7 @@ __all__ = [
     "SLIDING",
     "TICKS_AT_UNIX_EPOCH",
     "duration_ticks",
+    "sliding_renewal_ms",
     "ticks_to_unix_ms",
     "unix_ns_to_ticks",
 ]
@@ -53,3 +54,18 @@ def unix_ns_to_ticks(unix_ns: int) -> int:
 def ticks_to_unix_ms(ticks: int | bytes | str) -> int:
     """.NET ticks as unix milliseconds."""
     return (int(ticks) - TICKS_AT_UNIX_EPOCH) // 10_000
+
+
+def sliding_renewal_ms(absexp: bytes | None, sldexp: bytes | None, now_ms: int) -> int | None:
+    """The TTL a RedisCache reader sets after reading an entry: the smaller of ``sldexp`` and
+    the time left to ``absexp``, in ms; None when the entry has no sliding expiration (or
+    the fields are not tick counts) or the time is up."""
+    if sldexp is None or sldexp == NOT_SET:
+        return None
+    try:
+        window_ms = int(sldexp) // 10_000
+        if absexp is not None and absexp != NOT_SET:
+            window_ms = min(window_ms, ticks_to_unix_ms(absexp) - now_ms)
+    except ValueError:
+        return None
+    return window_ms if window_ms > 0 else None
