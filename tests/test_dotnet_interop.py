@@ -16,7 +16,7 @@ import redis
 
 from tests.conftest import wait_until
 from tests.dotnet import DotNetNode, RedisCache, dotnet_json, now_ticks
-from tickerq import ConfigurationError, NodesDead, add_tickerq
+from tickerq import ConfigurationError, NodesDead, RedisOptions, add_tickerq
 from tickerq.events import EventHub
 from tickerq.redis.cache import DistributedCache
 from tickerq.redis.entry import ticks_to_unix_ms
@@ -65,6 +65,7 @@ def service(
     interval: float = 0.1,
     grace: timedelta | None = None,
     events: EventHub | None = None,
+    refuse_duplicate: bool = False,
 ) -> HeartbeatService:
     client = server.client(socket_timeout=2, socket_connect_timeout=2)
     registry = NodeRegistry(
@@ -76,7 +77,11 @@ def service(
         foreign_dead_node_grace=grace,
     )
     return HeartbeatService(
-        registry, timedelta(seconds=interval), events or EventHub(), retry_interval=timedelta(seconds=0.1)
+        registry,
+        timedelta(seconds=interval),
+        events or EventHub(),
+        retry_interval=timedelta(seconds=0.1),
+        refuse_duplicate=refuse_duplicate,
     )
 
 
@@ -287,8 +292,6 @@ def test_dead_dotnet_node_is_left_for_the_grace_then_removed(
 
 def test_foreign_grace_defaults_to_ten_heartbeat_ttls() -> None:
     """RedisOptions.foreign_dead_node_grace is None by default, meaning 10 heartbeat TTLs; it is validated."""
-    from tickerq import RedisOptions
-
     options = RedisOptions(node_heartbeat_interval=30, node_heartbeat_grace=10)
     assert options.foreign_dead_node_grace is None
     assert timedelta(seconds=400) == options.foreign_grace
@@ -419,6 +422,21 @@ def test_refuse_duplicate_raises_and_writes_nothing(redis_server: RedisServer, r
     with pytest.raises(ConfigurationError, match="node_identifier='web-01' is also used by another process"):
         python(redis_server, "web-01", token="process-b").beat(first=True, refuse_duplicate=True)
     assert before == raw.hgetall("tickerq:hb:web-01")
+
+
+def test_refused_heartbeat_starts_once_the_other_process_is_gone(
+    redis_server: RedisServer, raw: redis.Redis
+) -> None:
+    """A refused start() raises; started again once the other process's heartbeat lapsed, it runs."""
+    python(redis_server, "web-01", token="another-process").beat(first=True)
+    hb = service(redis_server, "web-01", interval=0.1, refuse_duplicate=True)
+    with pytest.raises(ConfigurationError):
+        hb.start()
+    assert not hb.running
+    raw.delete("tickerq:hb:web-01")  # the other process stopped and its heartbeat expired
+    with hb:
+        wait_until(lambda: hb.last_beat is not None and hb.last_beat.dead is not None)  # scans: the loop runs
+        assert hb.running
 
 
 def test_container_with_on_duplicate_node_refuse_does_not_start(redis_server: RedisServer) -> None:

@@ -131,6 +131,7 @@ class HeartbeatService:
         if self._pid != os.getpid():
             self._joined = False  # a forked child is another process, with its own token
         self._pid = os.getpid()
+        self._refused = None
         self._stop = stop = threading.Event()
         delay = self.interval
         if self._beat_on_start and not self.tick(scan=False):
