@@ -24,8 +24,9 @@ import orjson
 import redis
 
 from tickerq.durations import to_milliseconds
+from tickerq.redis.entry import duration_ticks, unix_ns_to_ticks
 from tickerq.redis.keys import Keys
-from tickerq.redis.registry import REGISTRY_TTL, NodeRegistry
+from tickerq.redis.registry import REGISTRY_TTL, NodeRegistry, process_token
 from tickerq.redis.scripts import LuaScript
 from tickerq.testing import RedisServer, find_redis_server
 
@@ -100,7 +101,7 @@ def describe_machine(admin: redis.Redis) -> str:
 
 def load_scripts(admin: redis.Redis) -> None:
     """Load the registry's scripts, so no measured call pays for a NOSCRIPT retry."""
-    for name in ("heartbeat", "nodes", "remove_nodes"):
+    for name in ("heartbeat", "nodes", "remove_nodes"):  # (with their included libraries)
         script = LuaScript(name)
         loaded = admin.script_load(script.source)
         if loaded != script.sha:
@@ -214,23 +215,35 @@ class Cluster:
         return tuple(node for node in self.ids if node not in dead)
 
     def register(self, admin: redis.Redis) -> None:
-        """Write heartbeats of the live nodes, the index set and the registry; check them."""
+        """Write heartbeats of the live nodes, tickerq's node set and the registry; check them.
+
+        Values are written in the RedisCache layout the heartbeat script writes (see
+        ``tickerq.redis.entry``).
+        """
         keys = self.keys
         registry_ms = to_milliseconds(REGISTRY_TTL)
         now_ms = int(time.time() * 1000)
+        absexp = unix_ns_to_ticks((now_ms + self.heartbeat_ttl_ms) * 1_000_000)
         live = self.live
         for start in range(0, len(live), _CHUNK):
             with admin.pipeline(transaction=False) as pipe:
                 for node in live[start : start + _CHUNK]:
-                    payload = orjson.dumps({"node": node, "ts": now_ms})
-                    pipe.set(keys.heartbeat(node), payload, px=self.heartbeat_ttl_ms)
+                    payload = orjson.dumps({"Ts": now_ms, "Node": node, "Instance": process_token()})
+                    key = keys.heartbeat(node)
+                    pipe.hset(key, mapping={"absexp": absexp, "sldexp": -1, "data": payload})
+                    pipe.pexpire(key, self.heartbeat_ttl_ms)
                 pipe.execute()
         self.registry_raw = orjson.dumps(list(self.ids))
         with admin.pipeline(transaction=False) as pipe:
             for start in range(0, len(self.ids), _CHUNK):
-                pipe.sadd(keys.node_index, *self.ids[start : start + _CHUNK])
-            pipe.pexpire(keys.node_index, registry_ms)
-            pipe.set(keys.registry, self.registry_raw, px=registry_ms)
+                pipe.sadd(keys.tickerq_nodes, *self.ids[start : start + _CHUNK])
+            pipe.pexpire(keys.tickerq_nodes, registry_ms)
+            pipe.hset(
+                keys.registry,
+                mapping={"absexp": -1, "sldexp": duration_ticks(REGISTRY_TTL), "data": self.registry_raw},
+            )
+            pipe.pexpire(keys.registry, registry_ms)
+            pipe.set(keys.registry_length, len(self.registry_raw), px=registry_ms)
             pipe.execute()
         health = NodeRegistry(admin, keys, "checker", REGISTRY_TTL).health()
         assert health.registered == self.ids, "registry does not list the nodes written"
@@ -239,17 +252,18 @@ class Cluster:
         )
 
     def restore(self, admin: redis.Redis, *, drop: Sequence[str] = ()) -> None:
-        """Put back the registry and index as :meth:`register` left them (undo a removal or a join).
+        """Put back the registry and the node set as :meth:`register` left them (undo a removal or a join).
 
         Args:
-            drop: Nodes that joined since: their index entry and heartbeat are removed.
+            drop: Nodes that joined since: their set entry and heartbeat are removed.
         """
         with admin.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.registry, self.registry_raw, keepttl=True)
+            pipe.hset(self.keys.registry, "data", self.registry_raw)
+            pipe.set(self.keys.registry_length, len(self.registry_raw), keepttl=True)
             if self.dead:
-                pipe.sadd(self.keys.node_index, *self.dead)
+                pipe.sadd(self.keys.tickerq_nodes, *self.dead)
             if drop:
-                pipe.srem(self.keys.node_index, *drop)
+                pipe.srem(self.keys.tickerq_nodes, *drop)
                 pipe.delete(*(self.keys.heartbeat(node) for node in drop))
             pipe.execute()
 

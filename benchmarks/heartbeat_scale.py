@@ -16,20 +16,30 @@ Round trips are counted by the client (requests written, see ``_common``) and th
 server's ``evalsha`` count is shown beside them; times are wall-clock per call
 (median, p95) and Redis-side script µs per call from ``INFO commandstats``.
 
-Run ``python benchmarks/heartbeat_scale.py`` (``--quick`` stops at 100 nodes). Set
-``TICKERQ_REDIS_SERVER`` to choose the redis-server binary. Exits non-zero when a
-tick takes more than 2 round trips or the round trips change with N.
+Then, side by side at 1,000 registered nodes of which half are dead (``--compare-n``,
+``--compare-dead``): ``get_dead_nodes()`` against TickerQ .NET's algorithm implemented
+faithfully on the same layout (``HMGET`` of the registry plus the sliding renewal a
+``RedisCache`` reader sends, then one ``HMGET`` per node), alternating call by call;
+it prints both medians and the ratio (target ≥ 20x).
+
+Run ``python benchmarks/heartbeat_scale.py`` (``--quick`` stops at 100 nodes;
+``--compare-only`` runs just the comparison). Set ``TICKERQ_REDIS_SERVER`` to choose
+the redis-server binary. Exits non-zero when a tick takes more than 2 round trips or
+the round trips change with N.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import statistics
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import timedelta
 
 import attrs
+import orjson
 import redis
 from _common import (
     Cluster,
@@ -43,6 +53,7 @@ from _common import (
 )
 
 from tickerq.events import EventHub
+from tickerq.redis.entry import FIELDS, NOT_SET
 from tickerq.redis.heartbeat import HeartbeatService
 from tickerq.redis.keys import Keys
 from tickerq.redis.registry import NodeRegistry
@@ -143,6 +154,61 @@ def measure(
     return rows
 
 
+def tickerq_dotnet_dead_nodes(client: redis.Redis) -> list[str]:
+    """TickerQ .NET's ``GetDeadNodesAsync`` read path, on the RedisCache layout.
+
+    ``GetStringAsync("nodes:registry")`` is ``HMGET absexp sldexp data`` and, the registry
+    having a sliding expiration, an ``EXPIRE``; then one ``GetStringAsync("hb:{node}")`` (an
+    ``HMGET``) per node. (TickerQ then also rewrites the registry without the dead nodes; our
+    ``get_dead_nodes()`` changes nothing, so that step is left out.)
+    """
+    _absexp, sldexp, data = client.hmget(KEYS.registry, FIELDS)
+    if sldexp is not None and sldexp != NOT_SET:
+        client.expire(KEYS.registry, int(sldexp) // 10_000_000)
+    nodes = dict.fromkeys(orjson.loads(data)) if data else {}
+    return [node for node in nodes if client.hmget(KEYS.heartbeat(node), FIELDS)[2] is None]
+
+
+def compare_with_tickerq(
+    admin: redis.Redis,
+    client: redis.Redis,
+    counter: RoundTripCounter,
+    n: int,
+    dead_fraction: float,
+    rounds: int,
+) -> float:
+    """Time get_dead_nodes() against TickerQ's algorithm, alternating; print both and return the ratio."""
+    admin.flushall()
+    cluster = Cluster.build(n, dead_fraction, int(HEARTBEAT_TTL.total_seconds() * 1000), KEYS)
+    cluster.register(admin)
+    registry = NodeRegistry(client, KEYS, cluster.live[0], HEARTBEAT_TTL)
+    expected = set(cluster.dead)
+    ours_us: list[float] = []
+    theirs_us: list[float] = []
+    trips: dict[str, set[int]] = {"ours": set(), "theirs": set()}
+    for i in range(rounds + 2):
+        for side in ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours"):
+            before = counter.count
+            start = time.perf_counter_ns()
+            dead = registry.dead() if side == "ours" else tickerq_dotnet_dead_nodes(client)
+            took = (time.perf_counter_ns() - start) / 1000
+            trips[side].add(counter.count - before)
+            if set(dead) != expected or len(dead) != len(expected):
+                fail(f"{side}: reported {len(dead)} dead nodes, expected {len(expected)}")
+            if i >= 2:  # the first two rounds warm up
+                (ours_us if side == "ours" else theirs_us).append(took)
+    ours, theirs = statistics.median(ours_us), statistics.median(theirs_us)
+    ratios = sorted(t / o for o, t in zip(ours_us, theirs_us, strict=True))
+    print(
+        f"get_dead_nodes() at {n:,} registered nodes, {len(expected):,} dead, {rounds} alternating rounds:\n"
+        f"  tickerq                {ours / 1000:8.2f} ms median ({sorted(trips['ours'])} round trips)\n"
+        f"  TickerQ's algorithm    {theirs / 1000:8.2f} ms median ({sorted(trips['theirs'])} round trips)\n"
+        f"  ratio {theirs / ours:.1f}x (per round: {ratios[0]:.1f} .. {statistics.median(ratios):.1f} .. "
+        f"{ratios[-1]:.1f}; target >= 20x)"
+    )
+    return theirs / ours
+
+
 def check(rows: list[Row]) -> None:
     """The contract: a tick is at most 2 round trips, and no call's round trips depend on N."""
     by_operation: dict[tuple[str, bool], set[tuple[int, ...]]] = defaultdict(set)
@@ -160,6 +226,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: N up to 100, short timings")
     parser.add_argument("--sizes", type=int, nargs="+", help="default: 10 100 1000 10000")
     parser.add_argument("--dead-fraction", type=float, default=0.01, help="dead share, second run")
+    parser.add_argument("--compare-only", action="store_true", help="only the side-by-side comparison")
+    parser.add_argument("--compare-n", type=int, default=1_000, help="registered nodes in the comparison")
+    parser.add_argument("--compare-dead", type=float, default=0.5, help="dead share in the comparison")
+    parser.add_argument("--compare-rounds", type=int, default=30)
     args = parser.parse_args()
     sizes = args.sizes or ([10, 100] if args.quick else [10, 100, 1_000, 10_000])
 
@@ -167,6 +237,16 @@ def main() -> None:
     with RedisServer() as server, server.client() as admin, counting_client(server) as (client, counter):
         print(describe_machine(admin))
         load_scripts(admin)
+        compare_with_tickerq(
+            admin,
+            client,
+            counter,
+            args.compare_n,
+            args.compare_dead,
+            10 if args.quick else args.compare_rounds,
+        )
+        if args.compare_only:
+            return
         for n in sizes:
             for fraction in (0.0, args.dead_fraction):
                 rows += measure(n, fraction, admin, client, counter, args.quick)

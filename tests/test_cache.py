@@ -28,6 +28,7 @@ from tickerq.errors import (
 )
 from tickerq.redis.breaker import CircuitBreaker
 from tickerq.redis.cache import DistributedCache
+from tickerq.redis.entry import ticks_to_unix_ms
 from tickerq.redis.keys import Keys
 from tickerq.testing import RedisServer
 
@@ -120,10 +121,15 @@ class Point:
 def test_miss_stores_json_array_at_instance_key_with_ttl(
     cache: DistributedCache, redis_client: redis.Redis
 ) -> None:
-    """A miss stores the array as JSON at {instance}{key} with TTL = expiration and frees the lock."""
+    """A miss stores a RedisCache hash at {instance}{key}: JSON data, absexp now + expiration, TTL so."""
     value = [1, "a", {"b": None}]
     assert value == cache.get_or_set_array("users", Factory(value), timedelta(seconds=30))
-    assert '[1,"a",{"b":null}]' == redis_client.get("tickerq:users")
+    entry = redis_client.hgetall("tickerq:users")
+    seconds, micros = redis_client.time()
+    assert {"absexp", "sldexp", "data"} == set(entry)
+    assert '[1,"a",{"b":null}]' == entry["data"]
+    assert "-1" == entry["sldexp"]
+    assert abs(seconds * 1000 + micros // 1000 + 30_000 - ticks_to_unix_ms(entry["absexp"])) < 1_000
     assert 29_000 <= redis_client.pttl("tickerq:users") <= 30_000
     assert 0 == redis_client.exists("tickerq:tq:cache-lock:users")
 
@@ -137,15 +143,16 @@ def test_hit_returns_cached_array_without_calling_factory(cache: DistributedCach
 
 
 def test_entry_written_by_another_client_is_a_hit(cache: DistributedCache, redis_client: redis.Redis) -> None:
-    """Any JSON array at the key is returned as is."""
-    redis_client.set("tickerq:k", '[{"a":1},2]')
+    """Any JSON array in a RedisCache hash at the key is returned as is."""
+    redis_client.hset("tickerq:k", mapping={"absexp": -1, "sldexp": -1, "data": '[{"a":1},2]'})
     assert [{"a": 1}, 2] == cache.get_or_set_array("k", Factory(None))
 
 
 def test_no_expiration_stores_without_ttl(cache: DistributedCache, redis_client: redis.Redis) -> None:
-    """expiration=None stores the entry without a TTL."""
+    """expiration=None stores the entry without a TTL and without an absolute expiry."""
     cache.get_or_set_array("forever", Factory([1]))
     assert -1 == redis_client.ttl("tickerq:forever")
+    assert ["-1", "-1"] == redis_client.hmget("tickerq:forever", ["absexp", "sldexp"])
 
 
 def test_expiration_in_seconds_is_accepted(cache: DistributedCache, redis_client: redis.Redis) -> None:
@@ -176,7 +183,7 @@ def test_empty_list_is_cached(cache: DistributedCache, redis_client: redis.Redis
     assert [] == cache.get_or_set_array("k", factory)
     assert [] == cache.get_or_set_array("k", factory)
     assert 1 == factory.calls
-    assert "[]" == redis_client.get("tickerq:k")
+    assert "[]" == redis_client.hget("tickerq:k", "data")
 
 
 def test_dataclass_items_round_trip_with_item_type(cache: DistributedCache) -> None:
@@ -193,7 +200,7 @@ def test_attrs_items_round_trip_with_item_type(cache: DistributedCache, redis_cl
     """attrs items (private field included) are stored by field name and rebuilt through aliases."""
     items = [Point(x=1, label="a")]
     cache.get_or_set_array("pts", Factory(items), 60, item_type=Point)
-    assert '[{"x":1,"_label":"a"}]' == redis_client.get("tickerq:pts")
+    assert '[{"x":1,"_label":"a"}]' == redis_client.hget("tickerq:pts", "data")
     assert items == cache.get_or_set_array("pts", Factory(None), 60, item_type=Point)
 
 
@@ -204,13 +211,13 @@ def test_attrs_items_round_trip_with_item_type(cache: DistributedCache, redis_cl
 def test_unusable_entry_is_a_miss_and_is_overwritten(
     cache: DistributedCache, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture, garbage: bytes
 ) -> None:
-    """An entry that is not a JSON array of item_type is logged, recomputed and overwritten."""
+    """An entry whose data is not a JSON array of item_type is logged, recomputed and overwritten."""
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    redis_client.set("tickerq:k", garbage)
+    redis_client.hset("tickerq:k", mapping={"absexp": -1, "sldexp": -1, "data": garbage})
     factory = Factory([Point(x=1, label="a")])
     assert [Point(x=1, label="a")] == cache.get_or_set_array("k", factory, 60, item_type=Point)
     assert 1 == factory.calls
-    assert '[{"x":1,"_label":"a"}]' == redis_client.get("tickerq:k")
+    assert '[{"x":1,"_label":"a"}]' == redis_client.hget("tickerq:k", "data")
     assert ["cache entry 'tickerq:k' is unusable"] == [r.getMessage()[:35] for r in caplog.records]
 
 
@@ -224,6 +231,32 @@ def test_wrong_type_key_raises_and_is_left_untouched(
         cache.get_or_set_array("k", factory)
     assert 0 == factory.calls
     assert ["x"] == redis_client.lrange("tickerq:k", 0, -1)
+
+
+@pytest.mark.parametrize("garbage", [b"[1]", b"not json"])
+def test_string_entry_of_an_older_tickerq_is_replaced_by_a_hash(
+    cache: DistributedCache, redis_client: redis.Redis, garbage: bytes
+) -> None:
+    """A string at the key (an older tickerq's layout) is a miss, recomputed and stored as a hash."""
+    redis_client.set("tickerq:k", garbage)
+    factory = Factory([2])
+    assert [2] == cache.get_or_set_array("k", factory, 60)
+    assert 1 == factory.calls
+    assert {"absexp", "sldexp", "data"} == set(redis_client.hgetall("tickerq:k"))
+    assert [2] == cache.get_or_set_array("k", factory, 60)
+    assert 1 == factory.calls
+
+
+def test_hash_without_data_raises_and_is_left_untouched(
+    cache: DistributedCache, redis_client: redis.Redis
+) -> None:
+    """A hash that is not a cache entry (no data field) raises KeyTypeError and survives."""
+    redis_client.hset("tickerq:k", "name", "someone's")
+    factory = Factory([1])
+    with pytest.raises(KeyTypeError, match=r"'tickerq:k' holds a Redis hash without a data field"):
+        cache.get_or_set_array("k", factory)
+    assert 0 == factory.calls
+    assert {"name": "someone's"} == redis_client.hgetall("tickerq:k")
 
 
 @pytest.mark.parametrize("key", ["", "tq:x", "hb:node", "nodes:registry", "lock:x"])
@@ -344,7 +377,7 @@ def test_crashed_computer_does_not_block_waiters(
     client.close()
     assert 0.45 <= elapsed < 3.0
     assert ([[1]] * 8, 1) == (results, factory.calls)
-    assert "[1]" == redis_client.get("tickerq:k")  # stored, so other processes stop waiting too
+    assert "[1]" == redis_client.hget("tickerq:k", "data")  # stored, so other processes stop waiting too
     assert 1 == sum("did not finish within" in r.getMessage() for r in caplog.records)
 
 
@@ -355,7 +388,7 @@ def test_result_is_stored_when_lock_lapsed_during_slow_factory(
     cache, client = make_cache(redis_server, recompute_lock_ttl=timedelta(seconds=0.05))
     assert [1] == cache.get_or_set_array("k", Factory([1], delay=0.2))
     client.close()
-    assert "[1]" == redis_client.get("tickerq:k")
+    assert "[1]" == redis_client.hget("tickerq:k", "data")
 
 
 # --- invalidate ------------------------------------------------------------------------------------

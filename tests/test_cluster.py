@@ -69,7 +69,7 @@ def test_threads_and_processes_registering_together_lose_no_node(
     for process in processes:
         assert "ready" == process.stdout.readline().strip()  # type: ignore[union-attr]
     expected = {f"thread-{i}" for i in range(20)} | {f"proc-{i}" for i in range(3)}
-    assert expected == set(orjson.loads(redis_client.get("tickerq:nodes:registry")))
+    assert expected == set(orjson.loads(redis_client.hget("tickerq:nodes:registry", "data")))
 
 
 @pytest.mark.multiprocess

@@ -47,7 +47,7 @@ def test_issue_example_registers_and_shuts_down(redis_server: RedisServer, redis
     container.init_resources()
     try:
         assert redis_client.exists("tickerq:hb:web-01")
-        assert ["web-01"] == orjson.loads(redis_client.get("tickerq:nodes:registry"))
+        assert ["web-01"] == orjson.loads(redis_client.hget("tickerq:nodes:registry", "data"))
         assert 79_000 < redis_client.pttl("tickerq:hb:web-01") <= 80_000
         ctx = container.redis_context()
         assert ctx is container.redis_context()

@@ -98,10 +98,14 @@ def test_first_beat_leaves_dead_nodes_to_the_handlers(
     handled: list[str] = []
     container.init_resources()
     try:
-        assert ["old-worker", "new-worker"] == orjson.loads(redis_client.get("tickerq:nodes:registry"))
+        assert ["old-worker", "new-worker"] == orjson.loads(
+            redis_client.hget("tickerq:nodes:registry", "data")
+        )
         container.redis_context().add_dead_node_handler(handled.append)
         wait_until(lambda: handled)
-        wait_until(lambda: orjson.loads(redis_client.get("tickerq:nodes:registry")) == ["new-worker"])
+        wait_until(
+            lambda: orjson.loads(redis_client.hget("tickerq:nodes:registry", "data")) == ["new-worker"]
+        )
     finally:
         container.shutdown_resources()
         old.shutdown_resources()
@@ -155,8 +159,8 @@ def test_restart_in_a_forked_child_leaves_the_parent_working(redis_server: Redis
         ctx = container.redis_context()
         assert ["parent"] == ctx.get_registered_nodes()
         assert container.heartbeat().running
-        before = ctx.client.get("tickerq:hb:parent")
-        wait_until(lambda: ctx.client.get("tickerq:hb:parent") != before)
+        before = ctx.client.hget("tickerq:hb:parent", "data")
+        wait_until(lambda: ctx.client.hget("tickerq:hb:parent", "data") != before)
     finally:
         container.shutdown_resources()
 

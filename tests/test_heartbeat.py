@@ -19,6 +19,13 @@ from tickerq.redis.keys import Keys
 from tickerq.redis.registry import NodeRegistry
 from tickerq.testing import RedisServer
 
+REGISTRY = "tickerq:nodes:registry"
+
+
+def registry_data(client: redis.Redis) -> str | None:
+    """The registry's JSON (the data field of its RedisCache hash)."""
+    return client.hget(REGISTRY, "data")  # type: ignore[return-value]
+
 
 def service(
     server: RedisServer, node: str, interval: float = 0.1, grace: float = 0.1, events: EventHub | None = None
@@ -36,7 +43,7 @@ def test_first_beat_is_written_before_start_returns(
     """start() writes the heartbeat and registers the node before it returns."""
     with service(redis_server, "a", interval=60):
         assert redis_client.exists("tickerq:hb:a")
-        assert ["a"] == orjson.loads(redis_client.get("tickerq:nodes:registry"))
+        assert ["a"] == orjson.loads(registry_data(redis_client))
 
 
 def test_thread_is_a_named_daemon_that_beats_every_interval(redis_server: RedisServer) -> None:
@@ -83,7 +90,7 @@ def test_dead_node_is_handled_and_removed(redis_server: RedisServer, redis_clien
         wait_until(lambda: dead_events)
     assert ["victim"] == handled
     assert ("victim",) == dead_events[0].removed
-    assert ["survivor"] == orjson.loads(redis_client.get("tickerq:nodes:registry"))
+    assert ["survivor"] == orjson.loads(registry_data(redis_client))
 
 
 def test_failing_handler_keeps_node_registered_until_it_succeeds(
@@ -102,7 +109,7 @@ def test_failing_handler_keeps_node_registered_until_it_succeeds(
     hb = service(redis_server, "survivor", interval=0.05)
     hb.add_dead_node_handler(flaky)
     with hb:
-        wait_until(lambda: "victim" not in orjson.loads(redis_client.get("tickerq:nodes:registry")))
+        wait_until(lambda: "victim" not in orjson.loads(registry_data(redis_client)))
     assert ["victim"] * 3 == calls[:3]
 
 
@@ -126,8 +133,8 @@ def test_corrupted_registry_is_repaired_by_the_running_thread(
 ) -> None:
     """Garbage written into the registry is replaced by a valid array within an interval, and logged."""
     with service(redis_server, "a", interval=0.05):
-        redis_client.set("tickerq:nodes:registry", "garbage")
-        wait_until(lambda: redis_client.get("tickerq:nodes:registry") == '["a"]')
+        redis_client.hset(REGISTRY, "data", "garbage")
+        wait_until(lambda: registry_data(redis_client) == '["a"]')
     assert "corrupted" in caplog.text
 
 
@@ -137,14 +144,14 @@ def test_wrong_type_registry_does_not_kill_the_thread(
     """A registry of the wrong Redis type is reported once and the thread keeps running."""
     caplog.set_level(logging.WARNING)
     with service(redis_server, "a", interval=0.05) as hb:
-        redis_client.delete("tickerq:nodes:registry")
-        redis_client.rpush("tickerq:nodes:registry", "x")
+        redis_client.delete(REGISTRY)
+        redis_client.rpush(REGISTRY, "x")
         wait_until(lambda: "holds a list" in caplog.text)
         time.sleep(0.3)
         assert hb.running
         assert 1 == caplog.text.count("holds a list")
-        redis_client.delete("tickerq:nodes:registry")
-        wait_until(lambda: redis_client.get("tickerq:nodes:registry") == '["a"]')
+        redis_client.delete(REGISTRY)
+        wait_until(lambda: registry_data(redis_client) == '["a"]')
 
 
 @pytest.mark.slow
@@ -163,7 +170,7 @@ def test_survives_redis_restart_and_logs_once(
         time.sleep(0.5)  # several failing ticks
         fault_server.start()
         with fault_server.client(decode_responses=True) as client:
-            wait_until(lambda: client.get("tickerq:nodes:registry") == '["a"]')
+            wait_until(lambda: registry_data(client) == '["a"]')
         assert hb.running
     assert 1 == caplog.text.count("Redis unavailable")
     assert [RedisConnectionLost, RedisConnectionRestored] == [type(event) for event in seen]

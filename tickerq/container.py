@@ -27,7 +27,6 @@ from tickerq.redis.connection import RedisConnections, open_connections
 from tickerq.redis.context import RedisContext
 from tickerq.redis.election import LeaderElection
 from tickerq.redis.heartbeat import HeartbeatService
-from tickerq.redis.registry import NodeRegistry
 
 __all__ = ["TickerQContainer", "add_tickerq"]
 
@@ -37,9 +36,8 @@ def _heartbeat(
 ) -> HeartbeatService:
     # ``connections`` is taken for the shutdown order (see the module docstring).
     assert context.connections is connections
-    registry = NodeRegistry(connections.heartbeat, context.keys, context.node_id, options.heartbeat_ttl)
     return HeartbeatService(
-        registry,
+        context.registry.on_client(connections.heartbeat),
         options.node_heartbeat_interval,
         events,
         retry_interval=options.outage_retry_interval,
@@ -47,6 +45,7 @@ def _heartbeat(
         interrupt=connections.interrupt_heartbeat,
         on_failure=connections.rediscover,
         beat_on_start=connections.reachable,
+        refuse_duplicate=options.on_duplicate_node == "refuse",
     )
 
 

@@ -64,6 +64,24 @@ def _duration_field(default: timedelta, *, allow_zero: bool = False) -> Any:
     )
 
 
+def _optional_grace(value: object, field: attrs.Attribute[Any]) -> timedelta | None:
+    return None if value is None else to_timedelta(value, field=field.name, allow_zero=True)
+
+
+def _optional_grace_field() -> Any:
+    return attrs.field(default=None, converter=attrs.Converter(_optional_grace, takes_field=True))
+
+
+def _one_of(*allowed: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
+        if value not in allowed:
+            raise ConfigurationError(
+                f"{field.name}={value!r} is not allowed: expected one of {', '.join(map(repr, allowed))}"
+            )
+
+    return check
+
+
 def _int_at_least(minimum: int) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     def check(_instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
@@ -210,6 +228,13 @@ class RedisOptions(_Options):
         max_connections: Size of the blocking connection pool.
         pool_timeout: How long a thread waits for a free pooled connection.
         outage_retry_interval: How often background loops retry during an outage.
+        foreign_dead_node_grace: How long a dead node that is not a tickerq node (a TickerQ
+            .NET node sharing the registry) stays registered, for the .NET survivors to
+            release its work and remove it, before a tickerq node removes it. ``None``
+            (default): 10 heartbeat TTLs.
+        on_duplicate_node: What a starting node does when a live heartbeat under its
+            node identifier belongs to another process: ``"warn"`` (log a warning, the
+            default) or ``"refuse"`` (``init_resources()`` raises ``ConfigurationError``).
     """
 
     configuration: str | None = attrs.field(default=None, validator=_configuration, repr=_masked)
@@ -224,12 +249,21 @@ class RedisOptions(_Options):
     max_connections: int = attrs.field(default=50, validator=_int_at_least(1))
     pool_timeout: timedelta = _duration_field(timedelta(seconds=5))
     outage_retry_interval: timedelta = _duration_field(timedelta(seconds=5))
+    foreign_dead_node_grace: timedelta | None = _optional_grace_field()
+    on_duplicate_node: str = attrs.field(default="warn", validator=_one_of("warn", "refuse"))
     _frozen: bool = attrs.field(default=False, init=False, repr=False, eq=False)
 
     @property
     def heartbeat_ttl(self) -> timedelta:
         """The heartbeat key's TTL: interval + grace."""
         return self.node_heartbeat_interval + self.node_heartbeat_grace
+
+    @property
+    def foreign_grace(self) -> timedelta:
+        """``foreign_dead_node_grace``, or 10 heartbeat TTLs when it is None."""
+        if self.foreign_dead_node_grace is not None:
+            return self.foreign_dead_node_grace
+        return self.heartbeat_ttl * 10
 
 
 _TIMINGS = {

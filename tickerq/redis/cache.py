@@ -1,6 +1,11 @@
 """A get-or-set cache of JSON arrays in Redis that calls each factory once and fails open.
 
-Entries live at ``{instance}{cache_key}`` as orjson-encoded JSON arrays. A miss
+Entries live at ``{instance}{cache_key}`` as orjson-encoded JSON arrays, stored as
+TickerQ .NET stores them (a ``RedisCache`` hash of ``absexp``, ``sldexp`` and ``data``,
+see :mod:`tickerq.redis.entry`): an entry written by a .NET node is a hit here, and
+ours are hits there, with their expiry. A hit is one ``HMGET`` (plus the TTL renewal a
+.NET entry with a sliding expiration asks of its readers). A string at the key is an
+older tickerq's entry: a miss, replaced by the recomputed hash. A miss
 is filled by one computer for the whole cluster: threads of one process share
 one call (in-process single-flight), and processes and nodes elect a computer
 with a short recompute lock (``SET NX PX`` on an internal key, with a random
@@ -12,7 +17,7 @@ reaches the caller: the call returns ``factory()``'s result, the outage is
 logged once (a warning when it starts, an info line when Redis answers again)
 and a circuit breaker keeps further calls off Redis for ``breaker_open_for``.
 
-Deliberate choices: a key holding another Redis type raises ``KeyTypeError``
+Deliberate choices: a key holding another Redis type (or a hash without ``data``) raises ``KeyTypeError``
 and is never overwritten (it is someone's data); threads waiting on a factory
 that raised get its exception (no retry storm against a failing database);
 ``invalidate`` raises ``RedisUnavailableError`` when it cannot reach Redis,
@@ -38,6 +43,7 @@ import redis
 from tickerq.durations import Duration, to_milliseconds, to_timedelta
 from tickerq.errors import KeyTypeError, RedisUnavailableError, SerializationError, TickerQError
 from tickerq.redis.breaker import CircuitBreaker
+from tickerq.redis.entry import FIELDS, NOT_SET, sliding_renewal_ms
 from tickerq.redis.keys import Keys
 from tickerq.redis.scripts import LuaScript
 from tickerq.serialization import dumps_array, loads_array
@@ -54,10 +60,12 @@ _RELEASE = LuaScript("cache_release")
 _INVALIDATE = LuaScript("cache_invalidate")
 
 _HIT, _LOCKED = 1, 2  # cache_acquire.lua's replies
+_NOT_AN_ENTRY = -2  # cache_acquire.lua's reply for a key that holds something else
 _INVALIDATED, _LOCK_TAKEN, _WRONG_TYPE = 0, -1, -2  # cache_store.lua's replies other than 1 (stored)
 _FIRST_POLL_S, _MAX_POLL_S = 0.005, 0.05
 _ZERO, _ONE_MS = timedelta(0), timedelta(milliseconds=1)
 _RECOVERED = "Redis answers again; the cache is back in use"
+_FIELDS = tuple(field.encode() for field in FIELDS)  # bytes: redis-py sends them without encoding
 
 
 class _Flight(Future[bytes | None]):
@@ -160,14 +168,19 @@ class DistributedCache:
         online = self._breaker.allow()
         if online:
             try:
-                raw: bytes | None = self._client.get(key)  # type: ignore[assignment]
+                absexp, sldexp, raw = self._client.execute_command("HMGET", key, *_FIELDS)  # type: ignore[no-untyped-call]
             except redis.RedisError as exc:
-                self._redis_error(exc, key)
-                online = False
+                # WRONGTYPE: an older tickerq's string or someone else's data; the
+                # acquire script tells which.
+                if not _wrong_type(exc):
+                    self._redis_error(exc, key)
+                    online = False
             else:
                 if self._breaker.record_success():  # inline: this is the hit path
                     log.info(_RECOVERED)
                 if raw is not None:
+                    if sldexp != NOT_SET and sldexp is not None:
+                        self._renew(key, absexp, sldexp)
                     try:
                         return loads_array(raw, item_type)
                     except SerializationError as exc:
@@ -270,6 +283,8 @@ class DistributedCache:
                 self._redis_error(exc, key)
                 return _compute(factory)
             self._redis_ok()
+            if reply[0] == _NOT_AN_ENTRY:
+                raise self._not_an_entry(key, _text(reply[1]))
             if reply[0] == _HIT:
                 raw: bytes = reply[1]
                 try:
@@ -332,18 +347,34 @@ class DistributedCache:
         except redis.RedisError as exc:  # the lock expires by itself
             self._redis_error(exc, key)
 
+    def _renew(self, key: str, absexp: bytes | None, sldexp: bytes) -> None:
+        """Renew a sliding entry's TTL as a RedisCache reader does (entries .NET wrote with one)."""
+        window_ms = sliding_renewal_ms(absexp, sldexp, time.time_ns() // 1_000_000)
+        if window_ms is None:
+            return
+        try:  # SE.Redis sends whole seconds as EXPIRE
+            if window_ms % 1000 == 0:
+                self._client.expire(key, window_ms // 1000)
+            else:
+                self._client.pexpire(key, window_ms)
+        except redis.RedisError as exc:
+            self._redis_error(exc, key)
+
+    def _not_an_entry(self, key: str, kind: str) -> KeyTypeError:
+        return KeyTypeError(
+            f"cache key {key!r} holds a Redis {kind}, not an entry written by get_or_set_array "
+            "(a hash of absexp, sldexp and data); it was left untouched: delete it or use another cache_key"
+        )
+
     def _redis_ok(self) -> None:
         if self._breaker.record_success():
             log.info(_RECOVERED)
 
     def _redis_error(self, exc: redis.RedisError, key: str) -> None:
         """Raise for a wrong-type key (a data problem); count anything else as an outage."""
-        if isinstance(exc, redis.ResponseError) and "WRONGTYPE" in str(exc):
+        if _wrong_type(exc):
             self._breaker.record_success()
-            raise KeyTypeError(
-                f"cache key {key!r} holds a Redis {self._type_of(key)}, not a string written by "
-                "get_or_set_array; it was left untouched: delete it or use another cache_key"
-            ) from exc
+            raise self._not_an_entry(key, self._type_of(key)) from exc
         if self._breaker.record_failure():
             log.warning(
                 "Redis is unavailable to the cache (%s: %s; operation timeout %g s); calling factories "
@@ -372,6 +403,14 @@ class DistributedCache:
 
     def __repr__(self) -> str:
         return f"DistributedCache(instance={self._keys.instance!r}, breaker={self._breaker.state!r})"
+
+
+def _wrong_type(exc: redis.RedisError) -> bool:
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _compute(factory: Callable[[], list[T] | None]) -> tuple[list[T] | None, bytes | None]:

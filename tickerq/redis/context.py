@@ -54,7 +54,14 @@ class RedisContext:
         self.node_id = node_id
         self.events = events
         self.keys = Keys(options.instance_name)
-        self.registry = NodeRegistry(connections.client, self.keys, node_id, options.heartbeat_ttl)
+        self.registry = NodeRegistry(
+            connections.client,
+            self.keys,
+            node_id,
+            options.heartbeat_ttl,
+            interval=options.node_heartbeat_interval,
+            foreign_dead_node_grace=options.foreign_grace,
+        )
         self.dead_node_handlers: list[DeadNodeHandler] = []
         self._cache = DistributedCache(
             connections.fail_fast, self.keys, operation_timeout=options.sync_timeout
@@ -88,15 +95,19 @@ class RedisContext:
         self.registry.beat()
 
     def get_registered_nodes(self) -> list[str]:
-        """The node ids in the registry, in registration order."""
-        return list(self.registry.health().registered)
+        """The node ids in the registry, in registration order.
+
+        Tickerq nodes the registry lacks (a TickerQ .NET node's rewrite dropped them, or they
+        died and no tickerq node has handled them yet) follow.
+        """
+        return list(self.registry.registered())
 
     def get_dead_nodes(self) -> list[str]:
         """Registered nodes whose heartbeat key is gone (one round trip; changes nothing)."""
-        return list(self.registry.health().dead)
+        return list(self.registry.dead())
 
     def get_node_health(self) -> NodeHealthStatus:
-        """Total, dead and healthy node counts, with the ids behind them."""
+        """Total, dead and healthy node counts, with the ids behind them (one round trip)."""
         return self.registry.health()
 
     def add_dead_node_handler(self, handler: DeadNodeHandler) -> None:

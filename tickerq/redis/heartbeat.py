@@ -10,6 +10,14 @@ once: handlers must be idempotent.
 The first beat, written by :meth:`HeartbeatService.start` (or, when Redis is down
 then, the first that succeeds, retried every ``retry_interval``), never scans:
 handlers registered right after start-up still see the nodes that died before it.
+
+The handlers get tickerq's own dead nodes only (their work is in tickerq's store), also
+those a TickerQ .NET node already removed from the registry. A dead .NET node is left to the
+.NET survivors for a grace period, then removed by the scan (reported in ``NodesDead``).
+
+The first successful beat also looks for another live process using this node's
+identifier: it warns, or with ``refuse_duplicate`` makes :meth:`HeartbeatService.start`
+raise ``ConfigurationError`` (the thread, when it makes that first beat, ends instead).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from types import TracebackType
 
 import redis
 
-from tickerq.errors import TickerQError
+from tickerq.errors import ConfigurationError, TickerQError
 from tickerq.events import EventHub, NodeHeartbeat, NodesDead
 from tickerq.redis.outage import OutageTracker
 from tickerq.redis.registry import Beat, NodeRegistry
@@ -62,6 +70,8 @@ class HeartbeatService:
             server (closes the heartbeat's connection).
         on_failure: Called after a failed tick (e.g. to look for a new master).
         beat_on_start: Whether ``start()`` writes the first heartbeat itself.
+        refuse_duplicate: Refuse to run when another live process beats under this
+            node's identifier (else only warn).
     """
 
     def __init__(
@@ -75,6 +85,7 @@ class HeartbeatService:
         interrupt: Callable[[], object] | None = None,
         on_failure: Callable[[], object] | None = None,
         beat_on_start: bool = True,
+        refuse_duplicate: bool = False,
     ) -> None:
         self.registry = registry
         self.interval = interval.total_seconds()
@@ -85,6 +96,9 @@ class HeartbeatService:
         self._interrupt = interrupt
         self._on_failure = on_failure
         self._beat_on_start = beat_on_start
+        self._refuse_duplicate = refuse_duplicate
+        self._joined = False  # True after this process's first successful beat
+        self._refused: ConfigurationError | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -108,14 +122,23 @@ class HeartbeatService:
         """Write the first heartbeat now (when Redis answers), then start the thread.
 
         Safe to call again; in a child forked after start, it starts a new thread.
+
+        Raises:
+            ConfigurationError: ``refuse_duplicate`` is set and another live process beats
+                under this node's identifier.
         """
         if self.running:
             return
+        if self._pid != os.getpid():
+            self._joined = False  # a forked child is another process, with its own token
         self._pid = os.getpid()
+        self._refused = None
         self._stop = stop = threading.Event()
         # Not beating now (Redis was down at start-up) counts as a failed beat: the
         # thread tries again after the retry interval, not after a whole interval.
         beaten = self._beat_on_start and self.tick(scan=False)
+        if self._refused is not None:
+            raise self._refused
         self._thread = threading.Thread(
             target=self._run, args=(stop, beaten), name="tickerq-heartbeat", daemon=True
         )
@@ -147,7 +170,13 @@ class HeartbeatService:
             True when Redis answered.
         """
         try:
-            beat = self.registry.beat(self._scan_lease if scan else None)
+            first = not self._joined
+            beat = self.registry.beat(
+                self._scan_lease if scan else None,
+                first=first,
+                refuse_duplicate=first and self._refuse_duplicate,
+            )
+            self._joined = True
             self._outage.succeeded()
             self.last_beat = beat
             self._events.publish(
@@ -155,8 +184,13 @@ class HeartbeatService:
                     node=self.registry.node_id, timestamp_ms=beat.timestamp_ms, registered=beat.registered
                 )
             )
-            if beat.dead:
-                self._handle_dead(beat.dead)
+            if beat.dead or beat.foreign_removed:
+                self._handle_dead(beat.dead or (), beat.foreign_removed)
+        except ConfigurationError as exc:  # refused: another live process uses our node identifier
+            self._outage.succeeded()
+            self._refused = exc
+            log.error("%s", exc)
+            return False
         except Exception as exc:  # a tick never ends the thread: every failure is ridden out
             self._failed(exc)
             return False
@@ -170,15 +204,19 @@ class HeartbeatService:
             except Exception:
                 log.debug("heartbeat failure hook failed", exc_info=True)
 
-    def _handle_dead(self, dead: tuple[str, ...]) -> None:
+    def _handle_dead(self, dead: tuple[str, ...], foreign_removed: tuple[str, ...] = ()) -> None:
         handled = [node for node in dead if self._run_handlers(node)]
-        removed = self.registry.remove(handled) if handled else []
+        removed = [*(self.registry.remove(handled) if handled else []), *foreign_removed]
         log.info(
             "dead nodes found: %s; removed from the registry: %s",
-            ", ".join(dead),
+            ", ".join((*dead, *foreign_removed)),
             ", ".join(removed) or "none",
         )
-        self._events.publish(NodesDead(detected_by=self.registry.node_id, nodes=dead, removed=tuple(removed)))
+        self._events.publish(
+            NodesDead(
+                detected_by=self.registry.node_id, nodes=(*dead, *foreign_removed), removed=tuple(removed)
+            )
+        )
 
     def _run_handlers(self, node: str) -> bool:
         ok = True
@@ -197,6 +235,8 @@ class HeartbeatService:
         while not stop.wait(self.interval if answered else self.retry_interval):
             answered = self.tick(scan=beaten)
             beaten = beaten or answered
+            if self._refused is not None:
+                return
 
     def __enter__(self) -> HeartbeatService:
         self.start()

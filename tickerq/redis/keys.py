@@ -2,7 +2,8 @@
 
 Every key lives under the instance name, so two applications can share one Redis
 and an ACL rule such as ``~tickerq:*`` fences an application in. The spec's keys
-(``hb:``, ``nodes:registry``, cache entries) are kept exactly; tickerq's own
+(``hb:``, ``nodes:registry``, cache entries) are kept exactly, and their values are
+stored as TickerQ .NET stores them (see ``tickerq.redis.entry``); tickerq's own
 bookkeeping lives under ``tq:`` so it never collides with a cache key.
 """
 
@@ -35,18 +36,35 @@ class Keys:
         return f"{self.instance}hb:"
 
     def heartbeat(self, node: str) -> str:
-        """``{instance}hb:{node}``: a node's heartbeat payload, with a TTL."""
+        """``{instance}hb:{node}``: a node's heartbeat, ``{"Ts": unix_ms, "Node": id, ...}``, with a TTL."""
         return f"{self.instance}hb:{node}"
 
     @property
     def registry(self) -> str:
-        """``{instance}nodes:registry``: JSON array of node ids, 30-day TTL."""
+        """``{instance}nodes:registry``: JSON array of node ids, 30-day sliding expiration."""
         return f"{self.instance}nodes:registry"
 
     @property
-    def node_index(self) -> str:
-        """A set mirroring the registry, for O(1) membership checks per beat."""
+    def tickerq_nodes(self) -> str:
+        """The set of tickerq (Python) nodes, ours as opposed to TickerQ .NET nodes in the registry."""
         return f"{self.instance}tq:nodes"
+
+    @property
+    def registry_length(self) -> str:
+        """The registry data's length as tickerq last wrote or checked it: a changed length tells a
+        beat, in O(1), that another writer (a .NET node) rewrote the registry."""
+        return f"{self.instance}tq:registry-length"
+
+    @property
+    def unlisted(self) -> str:
+        """tickerq nodes the registry lacks (dead ones a .NET node removed), exact while
+        ``registry_length`` matches: readers need not compare the whole node set with the registry."""
+        return f"{self.instance}tq:unlisted"
+
+    @property
+    def foreign_dead(self) -> str:
+        """A hash of dead nodes that are not ours, with when the scan first saw each dead (ms)."""
+        return f"{self.instance}tq:foreign-dead"
 
     @property
     def scan_lease(self) -> str:
