@@ -46,6 +46,7 @@ def _heartbeat(
         on_failure=connections.rediscover,
         beat_on_start=connections.reachable,
         refuse_duplicate=options.on_duplicate_node == "refuse",
+        remover=context.registry,
     )
 
 

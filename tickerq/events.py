@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
@@ -22,6 +22,7 @@ __all__ = [
     "LeadershipLost",
     "NodeHeartbeat",
     "NodesDead",
+    "Publisher",
     "RedisConnectionLost",
     "RedisConnectionRestored",
 ]
@@ -95,6 +96,14 @@ class LeaderChanged:
     election: str
     leader: str | None
     term: int
+
+
+class Publisher(Protocol):
+    """Anything events can be published to: an :class:`EventHub`, or one deferred to a dispatcher."""
+
+    def publish(self, event: object) -> None:
+        """Deliver or queue ``event``."""
+        ...
 
 
 class EventHub:

@@ -19,8 +19,9 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from tickerq.errors import ShutdownError
+from tickerq.events import Publisher
 
-__all__ = ["Dispatcher", "DispatcherStoppedError"]
+__all__ = ["DeferredPublisher", "Dispatcher", "DispatcherStoppedError"]
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +152,26 @@ class Dispatcher:
 
     def __repr__(self) -> str:
         return f"Dispatcher(name={self.name!r}, workers={self.workers}, stopping={self._stopping})"
+
+
+class DeferredPublisher:
+    """Publishes to an event hub from the dispatcher, so subscribers never run on a service thread.
+
+    Events keep their order when the dispatcher has one worker. While the
+    dispatcher is stopping, events are dropped (logged at debug level).
+
+    Args:
+        hub: The event hub whose subscribers get the events.
+        dispatcher: Where the subscribers run.
+    """
+
+    def __init__(self, hub: Publisher, dispatcher: Dispatcher) -> None:
+        self.hub = hub
+        self.dispatcher = dispatcher
+
+    def publish(self, event: object) -> None:
+        """Queue ``event`` for the hub's subscribers; returns at once."""
+        try:
+            self.dispatcher.submit(self.hub.publish, event, description=f"publishing {type(event).__name__}")
+        except DispatcherStoppedError:
+            log.debug("not published while stopping: %r", event)

@@ -25,13 +25,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from types import TracebackType
 
 import redis
 
-from tickerq.errors import ConfigurationError, TickerQError
+from tickerq._runtime.dispatcher import DeferredPublisher, Dispatcher
+from tickerq.errors import ConfigurationError, ShutdownError, TickerQError
 from tickerq.events import EventHub, NodeHeartbeat, NodesDead
 from tickerq.redis.outage import OutageTracker
 from tickerq.redis.registry import Beat, NodeRegistry
@@ -72,6 +74,12 @@ class HeartbeatService:
         beat_on_start: Whether ``start()`` writes the first heartbeat itself.
         refuse_duplicate: Refuse to run when another live process beats under this
             node's identifier (else only warn).
+        dispatcher: Where dead-node handlers and event subscribers run (user code
+            never runs on the heartbeat thread, so a slow handler cannot delay a
+            beat). Default: a one-worker dispatcher of its own, stopped by ``stop()``.
+        remover: The registry that removes handled dead nodes, from the dispatcher
+            (default ``registry``; the container passes one on the main pool, as
+            the heartbeat's own connection is the heartbeat thread's).
     """
 
     def __init__(
@@ -86,12 +94,19 @@ class HeartbeatService:
         on_failure: Callable[[], object] | None = None,
         beat_on_start: bool = True,
         refuse_duplicate: bool = False,
+        dispatcher: Dispatcher | None = None,
+        remover: NodeRegistry | None = None,
     ) -> None:
         self.registry = registry
         self.interval = interval.total_seconds()
         self.retry_interval = min(retry_interval.total_seconds(), self.interval)
         self._scan_lease = interval * _SCAN_LEASE_FRACTION
-        self._events = events
+        self._owns_dispatcher = dispatcher is None
+        self._dispatcher = dispatcher if dispatcher is not None else Dispatcher("tickerq-heartbeat-callbacks")
+        self._events = DeferredPublisher(events, self._dispatcher)
+        self._remover = remover if remover is not None else registry
+        self._handling: set[str] = set()  # dead nodes whose handlers are queued or running
+        self._handling_lock = threading.Lock()
         self._handlers = handlers if handlers is not None else []
         self._interrupt = interrupt
         self._on_failure = on_failure
@@ -102,7 +117,7 @@ class HeartbeatService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        self._outage = OutageTracker("heartbeat", log, events)
+        self._outage = OutageTracker("heartbeat", log, self._events)
         self.last_beat: Beat | None = None
 
     def add_dead_node_handler(self, handler: DeadNodeHandler) -> None:
@@ -133,6 +148,8 @@ class HeartbeatService:
             self._joined = False  # a forked child is another process, with its own token
         self._pid = os.getpid()
         self._refused = None
+        if self._owns_dispatcher:
+            self._dispatcher.start()
         self._stop = stop = threading.Event()
         # Not beating now (Redis was down at start-up) counts as a failed beat: the
         # thread tries again after the retry interval, not after a whole interval.
@@ -150,18 +167,22 @@ class HeartbeatService:
         A tick still waiting on Redis after a moment is interrupted by closing
         its connection.
         """
+        ends = time.monotonic() + timeout
         self._stop.set()
         thread, self._thread = self._thread, None
-        if thread is None or self._pid != os.getpid() or thread is threading.current_thread():
-            return
-        thread.join(min(timeout, _GRACEFUL_STOP))
-        if thread.is_alive() and self._interrupt is not None:
-            self._interrupt()
-        thread.join(max(0.0, timeout - _GRACEFUL_STOP))
-        if thread.is_alive():
-            log.warning(
-                "the heartbeat thread did not stop within %.1f s; it is a daemon and will not beat", timeout
-            )
+        if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
+            thread.join(min(timeout, _GRACEFUL_STOP))
+            if thread.is_alive() and self._interrupt is not None:
+                self._interrupt()
+            thread.join(max(0.0, ends - time.monotonic()))
+            if thread.is_alive():
+                log.warning(
+                    "the heartbeat thread did not stop within %.1f s; it is a daemon and will not beat",
+                    timeout,
+                )
+        if self._owns_dispatcher:
+            self._dispatcher.request_stop()
+            self._dispatcher.wait_stopped(ends)
 
     def tick(self, scan: bool = True) -> bool:
         """One heartbeat (and scan, if ``scan`` and this node gets the lease). Never raises.
@@ -185,7 +206,7 @@ class HeartbeatService:
                 )
             )
             if beat.dead or beat.foreign_removed:
-                self._handle_dead(beat.dead or (), beat.foreign_removed)
+                self._dispatch_dead(beat.dead or (), beat.foreign_removed)
         except ConfigurationError as exc:  # refused: another live process uses our node identifier
             self._outage.succeeded()
             self._refused = exc
@@ -204,15 +225,38 @@ class HeartbeatService:
             except Exception:
                 log.debug("heartbeat failure hook failed", exc_info=True)
 
+    def _dispatch_dead(self, dead: tuple[str, ...], foreign_removed: tuple[str, ...]) -> None:
+        """Hand the scan's dead nodes to the dispatcher: handlers never run on this thread."""
+        with self._handling_lock:
+            fresh = tuple(node for node in dead if node not in self._handling)  # not offered twice at once
+            self._handling.update(fresh)
+        if not fresh and not foreign_removed:
+            return
+        try:
+            self._dispatcher.submit(
+                self._handle_dead,
+                fresh,
+                foreign_removed,
+                description="handling dead nodes " + ", ".join(fresh),
+            )
+        except ShutdownError:
+            with self._handling_lock:
+                self._handling.difference_update(fresh)
+
     def _handle_dead(self, dead: tuple[str, ...], foreign_removed: tuple[str, ...] = ()) -> None:
-        handled = [node for node in dead if self._run_handlers(node)]
-        removed = [*(self.registry.remove(handled) if handled else []), *foreign_removed]
+        """On the dispatcher: run the handlers, remove the handled nodes, publish ``NodesDead``."""
+        try:
+            handled = [node for node in dead if self._run_handlers(node)]
+            removed = [*(self._remover.remove(handled) if handled else []), *foreign_removed]
+        finally:
+            with self._handling_lock:
+                self._handling.difference_update(dead)
         log.info(
             "dead nodes found: %s; removed from the registry: %s",
             ", ".join((*dead, *foreign_removed)),
             ", ".join(removed) or "none",
         )
-        self._events.publish(
+        self._events.hub.publish(
             NodesDead(
                 detected_by=self.registry.node_id, nodes=(*dead, *foreign_removed), removed=tuple(removed)
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from tickerq.events import EventHub, RedisConnectionLost, RedisConnectionRestored
+from tickerq.events import Publisher, RedisConnectionLost, RedisConnectionRestored
 
 __all__ = ["OutageTracker"]
 
@@ -19,7 +19,7 @@ class OutageTracker:
         events: Where to publish connection lost/restored events.
     """
 
-    def __init__(self, source: str, logger: logging.Logger, events: EventHub | None = None) -> None:
+    def __init__(self, source: str, logger: logging.Logger, events: Publisher | None = None) -> None:
         self.source = source
         self._log = logger
         self._events = events
