@@ -17,6 +17,7 @@ import attrs
 import pytest
 
 from tickerq._runtime.clock import ManualClock
+from tickerq.redis.keys import Keys
 from tickerq.scheduler.memory_store import MemoryJobStore
 from tickerq.scheduler.model import (
     Claim,
@@ -27,10 +28,11 @@ from tickerq.scheduler.model import (
     OutcomeKind,
     TickerStatus,
 )
+from tickerq.scheduler.redis_store import RedisJobStore
 from tickerq.scheduler.store import JobStore
 from tickerq.testing import RedisServer
 
-STORES = ["memory"]
+STORES = ["memory", "redis"]
 
 
 @attrs.define
@@ -53,10 +55,6 @@ def _memory() -> Harness:
 
 
 def _redis(server: RedisServer) -> Iterator[Harness]:
-    from tickerq.scheduler.redis_store import RedisJobStore
-
-    from tickerq.redis.keys import Keys
-
     clients = [server.client() for _ in range(3)]
     try:
         stores: list[JobStore] = [RedisJobStore(client, Keys("tickerq:")) for client in clients]
