@@ -177,3 +177,21 @@ def test_matches_croniter_in_utc(expression: str, start: int) -> None:
     reference = croniter(expression, datetime.fromtimestamp(start / 1000, UTC), second_at_beginning=True)
     expected = [int(reference.get_next(datetime).timestamp() * 1000) for _ in range(20)]
     assert expected == CronSchedule.parse(expression, function="F").between(start, expected[-1], 20)
+
+
+def test_last_between_is_the_latest_occurrence() -> None:
+    """last_between returns the latest occurrence in the window, or None when there is none."""
+    schedule = CronSchedule.parse("0 */5 * * * *", function="F")
+    start = ms(2024, 1, 1)
+    assert start + 15 * 60_000 == schedule.last_between(start, start + 17 * 60_000)
+    assert start + 15 * 60_000 == schedule.last_between(start, start + 15 * 60_000)
+    assert None is schedule.last_between(start, start + 4 * 60_000)
+
+
+@settings(max_examples=60, deadline=None)
+@given(expression=EXPRESSIONS.filter(lambda e: not e.startswith("*")), zone=ZONES, start=INSTANTS)
+def test_last_between_agrees_with_between(expression: str, zone: str, start: int) -> None:
+    """last_between is the last element of between over the same window, in any zone."""
+    schedule = CronSchedule.parse(expression, zone, function="F")
+    found = schedule.between(start, start + 3 * 86_400_000, 100_000)
+    assert (found[-1] if found else None) == schedule.last_between(start, start + 3 * 86_400_000)

@@ -131,6 +131,19 @@ class CronSchedule:
         """How many occurrences fall in ``(after_ms, until_ms]``, counting no further than ``cap``."""
         return len(self.between(after_ms, until_ms, cap))
 
+    def last_between(self, after_ms: int, until_ms: int) -> int | None:
+        """The latest occurrence in ``(after_ms, until_ms]``, or None."""
+        zone = self.zone
+        start = datetime.fromtimestamp(until_ms // 1000, zone).replace(tzinfo=None, fold=0)
+        candidates = croniter(self.expression, start + timedelta(seconds=1), second_at_beginning=True)
+        for _ in range(_MAX_CANDIDATES):
+            instant = _instant(candidates.get_prev(datetime), zone)
+            if instant <= after_ms:
+                return None
+            if instant <= until_ms:  # else a gap mapped it past the end: look further back
+                return instant
+        return None
+
     def _after(self, after_ms: int) -> Iterator[int]:
         """Strictly increasing occurrences after ``after_ms``, for ever."""
         zone = self.zone
