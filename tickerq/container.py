@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 from dependency_injector import containers, providers
 
+from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
 from tickerq.errors import ConfigurationError
 from tickerq.events import EventHub
 from tickerq.options import RedisOptions, SchedulerOptions, TickerQOptions
@@ -84,6 +85,7 @@ def _scheduler(
     container: Any,
     context: RedisContext | None = None,
     heartbeat: HeartbeatService | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Iterator[SchedulerService | None]:
     # ``heartbeat`` is taken for the shutdown order: the scheduler stops (and hands
     # its jobs back) while the node is still alive and connected.
@@ -91,7 +93,13 @@ def _scheduler(
         yield None
         return
     service = SchedulerService(
-        store, functions.snapshot(), options.node_identifier, options, container=container, events=events
+        store,
+        functions.snapshot(),
+        options.node_identifier,
+        options,
+        container=container,
+        events=events,
+        clock=clock,
     )
     wake: WakeSubscriber | None = None
     if isinstance(store, RedisJobStore):
@@ -156,6 +164,7 @@ class TickerQContainer(containers.DeclarativeContainer):
     __self__ = providers.Self()
     options = providers.Dependency(instance_of=TickerQOptions)
     ticker_functions = providers.Dependency(instance_of=FunctionRegistry, default=DEFAULT_REGISTRY)
+    clock = providers.Object(SYSTEM_CLOCK)
     events = providers.Singleton(EventHub)
     redis_connections = providers.Resource(open_connections, options=options.provided.redis)
     redis_context = providers.Resource(
@@ -193,6 +202,7 @@ class TickerQContainer(containers.DeclarativeContainer):
         container=__self__,
         context=redis_context,
         heartbeat=heartbeat,
+        clock=clock,
     )
 
 
@@ -206,12 +216,15 @@ class EmbeddedContainer(containers.DeclarativeContainer):
     __self__ = providers.Self()
     options = providers.Dependency(instance_of=TickerQOptions)
     ticker_functions = providers.Dependency(instance_of=FunctionRegistry, default=DEFAULT_REGISTRY)
+    clock = providers.Object(SYSTEM_CLOCK)
     events = providers.Singleton(EventHub)
     redis_connections = providers.Callable(_redis_not_configured)
     redis_context = providers.Callable(_redis_not_configured)
     heartbeat = providers.Callable(_redis_not_configured)
     leader_election = providers.Callable(_embedded_leader_election, options=options.provided.scheduler)
-    job_store = providers.Singleton(MemoryJobStore, retention=options.provided.scheduler.job_retention)
+    job_store = providers.Singleton(
+        MemoryJobStore, clock=clock, retention=options.provided.scheduler.job_retention
+    )
     ticker_manager = providers.Factory(
         TickerManager,
         store=job_store,
@@ -225,6 +238,7 @@ class EmbeddedContainer(containers.DeclarativeContainer):
         events=events,
         functions=ticker_functions,
         container=__self__,
+        clock=clock,
     )
 
 
