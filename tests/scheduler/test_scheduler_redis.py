@@ -257,7 +257,7 @@ def test_thousand_jobs_due_at_once_run_once_each(
 def test_killed_node_job_reruns_elsewhere(
     redis_server: RedisServer, redis_client: redis.Redis, processes: list[subprocess.Popen[str]]
 ) -> None:
-    """SIGKILL a node mid-job: the job runs again on another node within interval + grace + interval, as a re-run."""
+    """SIGKILL a node mid-job: it runs again elsewhere within interval + grace + interval, as a re-run."""
     start_nodes(redis_server, processes, 3)
     container, producer = producer_for(redis_server)
     job_id = producer.schedule("Slow", request=2.0)
