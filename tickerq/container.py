@@ -92,6 +92,12 @@ def _scheduler(
     if options.producer_only:
         yield None
         return
+    interrupt: Callable[[], object] | None = None
+    if context is not None and isinstance(store, RedisJobStore):
+        # The loops get a pool of their own, so stopping can break a call blocked on a frozen server.
+        client = context.connections.add_client(2)
+        interrupt = client.connection_pool.disconnect
+        store = RedisJobStore(client, context.keys, retention=options.job_retention)
     service = SchedulerService(
         store,
         functions.snapshot(),
@@ -100,10 +106,11 @@ def _scheduler(
         container=container,
         events=events,
         clock=clock,
+        interrupt=interrupt,
     )
     wake: WakeSubscriber | None = None
     if isinstance(store, RedisJobStore):
-        wake = WakeSubscriber(store, service.on_store_wake, events=events)
+        wake = WakeSubscriber(store, service.on_store_wake, events=events, interrupt=interrupt)
     elif isinstance(store, MemoryJobStore):
         store.add_wake_listener(service.on_store_wake)
     if context is not None:
@@ -117,7 +124,10 @@ def _scheduler(
         if wake is not None:
             wake.request_stop()
         service.request_stop()
-        deadline = time.monotonic() + options.shutdown_timeout.total_seconds() + 1.0
+        # Running jobs get shutdown_timeout to finish; the loops themselves stop at once
+        # (a call blocked on a frozen server is interrupted).
+        grace = options.shutdown_timeout.total_seconds() if service.running_jobs else 0.0
+        deadline = time.monotonic() + grace + 0.5
         if wake is not None:
             wake.wait_stopped(deadline)
         service.wait_stopped(deadline)

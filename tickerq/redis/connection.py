@@ -162,8 +162,20 @@ class RedisConnections:
         self._connect_retry = connect_retry
         self._find_master = find_master
         self._close_hooks: list[Callable[[], None]] = []
+        self._pool_timeout = pool_timeout
         self.reachable = False
         self.closed = False
+
+    def add_client(self, size: int) -> redis.Redis:
+        """A client on a retry-free pool of its own, for one background service.
+
+        The pool follows a failover (:meth:`rediscover`) and closes with the
+        others; its owner may ``connection_pool.disconnect()`` it to wake a
+        thread blocked on a frozen server.
+        """
+        pool = derive_pool(self.client.connection_pool, size, self._pool_timeout)
+        self._owned_pools.append(pool)
+        return redis.Redis(connection_pool=pool)
 
     def add_close_hook(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` before the pools close (for threads that use them)."""

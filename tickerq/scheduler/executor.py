@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -86,6 +86,8 @@ class SchedulerService(Service):
         container: Handed to job functions as ``context.container``.
         events: Where lifecycle events are published.
         clock: Monotonic time and sleeping (store time comes from the store).
+        interrupt: Breaks a store call blocked on a frozen server (closes the
+            connections of the loop's own pool).
     """
 
     def __init__(
@@ -98,8 +100,10 @@ class SchedulerService(Service):
         container: Any = None,
         events: EventHub | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        interrupt: Callable[[], object] | None = None,
     ) -> None:
         super().__init__("tickerq-scheduler", clock=clock)
+        self._interrupt = interrupt
         self.store = store
         self.functions = dict(functions)
         self.node_id = node_id
@@ -115,6 +119,7 @@ class SchedulerService(Service):
         self._running: dict[str, _Running] = {}
         self._outcomes: list[Outcome] = []
         self._prepared = False
+        self._claims_uncertain = False  # a claim's reply was lost: it may hold jobs we do not know
         self._next_cron_ms = 0
         self._next_cancel_poll = 0.0
         self._next_expire = 0.0
@@ -145,6 +150,8 @@ class SchedulerService(Service):
         if not self._prepared:
             self._prepare()
         self._report()
+        if self._claims_uncertain and not self._running:
+            self._release_own("a claim whose reply was lost")
         read_at = self.clock.monotonic()
         now_ms = self.store.now_ms() if self.crons.functions and self._crons_due() else None
         if now_ms is not None:
@@ -164,13 +171,16 @@ class SchedulerService(Service):
 
     def _prepare(self) -> None:
         """Before the first claim: release our own stale claims, then sync code crons."""
-        released = self.store.release_node(self.node_id)
-        if released:
-            log.info(
-                "node %s restarted: %d stale claim(s) of its own handed back", self.node_id, len(released)
-            )
+        self._release_own("a previous run of this node")
         self._sync_code_crons()
         self._prepared = True
+
+    def _release_own(self, why: str) -> None:
+        """Hand back every claim the store holds for this node (only while it runs nothing)."""
+        released = self.store.release_node(self.node_id)
+        self._claims_uncertain = False
+        if released:
+            log.info("node %s: handed back %d claim(s) of %s", self.node_id, len(released), why)
 
     def _sync_code_crons(self) -> None:
         now = self.store.now_ms()
@@ -232,7 +242,11 @@ class SchedulerService(Service):
         if free <= 0 or not limits or self.stopping:
             return None, now_ms, read_at  # a worker finishing wakes us
         read_at = self.clock.monotonic()
-        batch = self.store.claim_due(self.node_id, limits, free)
+        try:
+            batch = self.store.claim_due(self.node_id, limits, free)
+        except Exception:
+            self._claims_uncertain = True  # it may have claimed in Redis and lost the reply
+            raise
         self._last_store_ms, self._last_read_at = batch.now_ms, read_at
         if batch.claims:
             self._start(list(batch.claims))

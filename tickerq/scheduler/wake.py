@@ -39,6 +39,7 @@ class WakeSubscriber(Service):
         wake: What to call (the scheduler's ``on_store_wake``).
         events: Where outage events go.
         retry_interval: Time between attempts to subscribe again after a failure.
+        interrupt: Breaks a call blocked on a frozen server (closes the pool's connections).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class WakeSubscriber(Service):
         *,
         events: EventHub | None = None,
         retry_interval: float = 1.0,
+        interrupt: Callable[[], object] | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__("tickerq-scheduler-wake", clock=clock)
@@ -55,6 +57,7 @@ class WakeSubscriber(Service):
         self._notify = wake
         self._retry_interval = retry_interval
         self._pubsub: redis.client.PubSub | None = None
+        self._interrupt = interrupt
         self._outage = OutageTracker("scheduler wake-ups", log, events)
 
     def run_once(self) -> float | None:
@@ -76,8 +79,10 @@ class WakeSubscriber(Service):
         return self._retry_interval
 
     def interrupt(self) -> None:
-        """Break a read in flight by closing the subscription."""
+        """Break a call in flight by closing the subscription (and the pool's connections)."""
         self._close()
+        if self._interrupt is not None:
+            self._interrupt()
 
     def finalize(self) -> None:
         """Unsubscribe and give the connection back."""
