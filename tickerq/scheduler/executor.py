@@ -318,6 +318,9 @@ class SchedulerService(Service):
 
     def failed(self, exc: Exception) -> float | None:
         """A store call failed (Redis down): logged once per outage; retried soon."""
+        if self.stopping:  # interrupted by our own stop: not an outage
+            log.debug("%s: stopped mid-call: %s", self.name, exc)
+            return None
         self._outage.failed(exc, unexpected=not isinstance(exc, TickerQError))
         return min(1.0, self.options.poll_interval.total_seconds())
 

@@ -74,6 +74,10 @@ class WakeSubscriber(Service):
 
     def failed(self, exc: Exception) -> float | None:
         """The subscription broke: drop it, retry shortly."""
+        if self.stopping:  # interrupted by our own stop: not an outage
+            log.debug("%s: stopped mid-read: %s", self.name, exc)
+            self._close()
+            return None
         self._outage.failed(exc)
         self._close()
         return self._retry_interval
