@@ -27,6 +27,10 @@ from tickerq.events import (
     NodesDead,
     RedisConnectionLost,
     RedisConnectionRestored,
+    TickerFailed,
+    TickerFinished,
+    TickerQueued,
+    TickerStarted,
 )
 from tickerq.options import RedisOptions, SchedulerOptions, TickerQOptions
 from tickerq.redis.context import RedisContext
@@ -34,12 +38,22 @@ from tickerq.redis.election import LeaderElection
 from tickerq.redis.heartbeat import HeartbeatService
 from tickerq.redis.lock import Lease, Lock, LockManager
 from tickerq.redis.registry import NodeHealthStatus
+from tickerq.scheduler.function import (
+    FunctionRegistry,
+    TickerFunction,
+    TickerFunctionContext,
+    ticker_function,
+)
+from tickerq.scheduler.manager import CronTickerRecord, TickerManager, TickerRecord, TimeTicker
+from tickerq.scheduler.model import TickerStatus
 
 __all__ = [
     "AuthenticationFailedError",
     "ConfigurationError",
     "ConnectionFailedError",
+    "CronTickerRecord",
     "EventHub",
+    "FunctionRegistry",
     "HeartbeatService",
     "InvalidKeyError",
     "KeyTypeError",
@@ -66,9 +80,20 @@ __all__ = [
     "SchedulerOptions",
     "SerializationError",
     "ShutdownError",
+    "TickerFailed",
+    "TickerFinished",
+    "TickerFunction",
+    "TickerFunctionContext",
+    "TickerManager",
     "TickerQContainer",
     "TickerQError",
     "TickerQOptions",
+    "TickerQueued",
+    "TickerRecord",
+    "TickerStarted",
+    "TickerStatus",
+    "TimeTicker",
     "__version__",
     "add_tickerq",
+    "ticker_function",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import attrs
@@ -25,6 +26,10 @@ __all__ = [
     "Publisher",
     "RedisConnectionLost",
     "RedisConnectionRestored",
+    "TickerFailed",
+    "TickerFinished",
+    "TickerQueued",
+    "TickerStarted",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,6 +101,52 @@ class LeaderChanged:
     election: str
     leader: str | None
     term: int
+
+
+@attrs.frozen(kw_only=True)
+class TickerQueued:
+    """``node`` claimed job ``job_id`` (status QUEUED) and is about to start it."""
+
+    job_id: str
+    function: str
+    node: str
+    scheduled_for: datetime
+
+
+@attrs.frozen(kw_only=True)
+class TickerStarted:
+    """An attempt of job ``job_id`` started on ``node`` (status IN_PROGRESS)."""
+
+    job_id: str
+    function: str
+    node: str
+    fence: int
+    retry_count: int
+    is_rerun: bool
+
+
+@attrs.frozen(kw_only=True)
+class TickerFinished:
+    """An attempt ended without an exception; ``status`` is ``"Done"`` or ``"Cancelled"``."""
+
+    job_id: str
+    function: str
+    node: str
+    status: str
+    elapsed: timedelta
+
+
+@attrs.frozen(kw_only=True)
+class TickerFailed:
+    """An attempt raised; ``will_retry`` tells whether another attempt is scheduled."""
+
+    job_id: str
+    function: str
+    node: str
+    error: str
+    retry_count: int  #: failed attempts, this one included
+    will_retry: bool
+    elapsed: timedelta
 
 
 class Publisher(Protocol):

@@ -10,6 +10,7 @@ not reach a running container, and the frozen copy refuses changes.
 from __future__ import annotations
 
 import difflib
+import os
 import socket
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -27,6 +28,7 @@ from tickerq.redis.election_timings import (
     DEFAULT_RETRY_PERIOD,
     check_timings,
 )
+from tickerq.scheduler.cron import resolve_time_zone
 
 __all__ = ["RedisOptions", "SchedulerOptions", "TickerQOptions"]
 
@@ -120,6 +122,27 @@ def _client(_instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
         raise ConfigurationError(
             f"{field.name}={type(value).__name__} instance is not allowed: "
             "expected a redis.Redis client or None"
+        )
+
+
+def _time_zone(_instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
+    resolve_time_zone(value, field=field.name)
+
+
+def _callable_or_none(_instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not callable(value):
+        raise ConfigurationError(f"{field.name}={value!r} is not allowed: expected a callable or None")
+
+
+#: What the scheduler does with cron occurrences missed by more than the threshold.
+MISSED_OCCURRENCE_POLICIES = ("run_once", "skip")
+
+
+def _missed_policy(_instance: Any, field: attrs.Attribute[Any], value: Any) -> None:
+    if value not in MISSED_OCCURRENCE_POLICIES:
+        raise ConfigurationError(
+            f"{field.name}={value!r} is not allowed: expected one of "
+            + ", ".join(map(repr, MISSED_OCCURRENCE_POLICIES))
         )
 
 
@@ -314,6 +337,21 @@ class SchedulerOptions(_Options):
             deadline must exceed 1.2 x this. The three timings are checked
             against each other as soon as two are assigned, and against the
             defaults when ``configure_scheduler`` returns.
+        time_zone: IANA zone of crons that name none (``"UTC"``).
+        max_concurrency: Jobs this node runs at once, all functions together
+            (default: the CPU count).
+        producer_only: The node schedules, cancels and queries but never runs jobs.
+        shutdown_timeout: How long ``shutdown_resources()`` lets running jobs
+            finish before it sets ``context.cancelled`` and hands them back.
+        exception_handler: ``handler(record, exception)``, called on the worker
+            thread when an attempt raises (``record`` is a ``TickerRecord``).
+        missed_occurrence_policy: ``"run_once"`` runs the latest cron
+            occurrence missed by more than the threshold (downtime), ``"skip"``
+            none; the others are counted as skipped and logged once.
+        missed_occurrence_threshold: How late an occurrence may start and still
+            run normally (30 s).
+        job_retention: How long finished jobs are kept (7 days).
+        poll_interval: The scheduler's safety poll, in case a wake-up is lost (5 s).
     """
 
     node_identifier: str = attrs.field(factory=socket.gethostname, validator=_identifier)
@@ -321,6 +359,17 @@ class SchedulerOptions(_Options):
     leader_lease: timedelta = _timing_field(DEFAULT_LEASE)
     leader_renew_deadline: timedelta = _timing_field(DEFAULT_RENEW_DEADLINE)
     leader_retry_period: timedelta = _timing_field(DEFAULT_RETRY_PERIOD)
+    time_zone: str = attrs.field(default="UTC", validator=_time_zone)
+    max_concurrency: int = attrs.field(factory=lambda: os.cpu_count() or 1, validator=_int_at_least(1))
+    producer_only: bool = attrs.field(default=False, validator=_bool)
+    shutdown_timeout: timedelta = _duration_field(timedelta(seconds=30), allow_zero=True)
+    exception_handler: Callable[[Any, BaseException], object] | None = attrs.field(
+        default=None, validator=_callable_or_none, eq=False
+    )
+    missed_occurrence_policy: str = attrs.field(default="run_once", validator=_missed_policy)
+    missed_occurrence_threshold: timedelta = _duration_field(timedelta(seconds=30))
+    job_retention: timedelta = _duration_field(timedelta(days=7))
+    poll_interval: timedelta = _duration_field(timedelta(seconds=5))
     _frozen: bool = attrs.field(default=False, init=False, repr=False, eq=False)
     _assigned_timings: frozenset[str] = attrs.field(factory=frozenset, init=False, repr=False, eq=False)
 

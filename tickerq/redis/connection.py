@@ -198,17 +198,24 @@ class RedisConnections:
         self._connect_retry = connect_retry
         self._find_master = find_master
         self._close_hooks: list[Callable[[], None]] = []
+        self._pool_timeout = pool_timeout
         self.reachable = False
         self.closed = False
 
-    def derive_client(self, size: int, timeout: float) -> redis.Redis:
+    def derive_client(self, size: int, timeout: float | None = None) -> redis.Redis:
         """A client on a new retry-free pool that follows a failover and closes with the others.
+
+        For a background service: its owner may ``connection_pool.disconnect()`` it to
+        wake a thread blocked on a frozen server, and gives it back with
+        :meth:`release_client` (or leaves it to :meth:`close`).
 
         Args:
             size: The pool's maximum number of connections.
-            timeout: Connect and reply timeout of one call, in seconds.
+            timeout: Connect and reply timeout of one call, in seconds (also the wait
+                for a free connection); None: the main client's timeouts.
         """
-        pool = derive_pool(self.client.connection_pool, size, timeout, socket_timeout=timeout)
+        wait = self._pool_timeout if timeout is None else timeout
+        pool = derive_pool(self.client.connection_pool, size, wait, socket_timeout=timeout)
         with self._pools_lock:
             self._owned_pools.append(pool)
         return redis.Redis(connection_pool=pool)

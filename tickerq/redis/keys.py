@@ -137,6 +137,87 @@ class Keys:
         """A leader election's term counter."""
         return f"{self.election(name)}:term"
 
+    # -- the scheduler's job store (tickerq.scheduler.redis_store) ---------------
+    # Active jobs (IDLE, QUEUED, IN_PROGRESS) live as JSON records in hash buckets
+    # (``jobs:`` + the first 3 hex digits of the id's SHA-1, picked inside the Lua
+    # scripts), so a pending job costs one small hash field instead of one key; a
+    # finished job moves to a key of its own, which PEXPIRE deletes after retention.
+
+    @property
+    def sched_jobs_prefix(self) -> str:
+        """Prefix of the hash buckets of active job records; the scripts append the bucket."""
+        return f"{self.instance}tq:jobs:"
+
+    @property
+    def sched_job_prefix(self) -> str:
+        """Prefix of :meth:`sched_job`, for the scripts."""
+        return f"{self.instance}tq:job:"
+
+    def sched_job(self, job_id: str) -> str:
+        """``{instance}tq:job:{id}``: a finished job's record, deleted after retention."""
+        check_user_key("job_id", job_id)
+        return f"{self.sched_job_prefix}{job_id}"
+
+    @property
+    def sched_due_prefix(self) -> str:
+        """Prefix of :meth:`sched_due`, for the scripts."""
+        return f"{self.instance}tq:due:"
+
+    def sched_due(self, function: str) -> str:
+        """``{instance}tq:due:{function}``: IDLE job ids scored by due time (ms)."""
+        check_user_key("function", function)
+        return f"{self.sched_due_prefix}{function}"
+
+    @property
+    def sched_running_prefix(self) -> str:
+        """Prefix of :meth:`sched_running`, for the scripts."""
+        return f"{self.instance}tq:running:"
+
+    def sched_running(self, function: str) -> str:
+        """``{instance}tq:running:{function}``: QUEUED and IN_PROGRESS ids (score 0, ranged by lex)."""
+        check_user_key("function", function)
+        return f"{self.sched_running_prefix}{function}"
+
+    @property
+    def sched_claims_prefix(self) -> str:
+        """Prefix of :meth:`sched_claims`, for the scripts."""
+        return f"{self.instance}tq:claims:"
+
+    def sched_claims(self, node: str) -> str:
+        """``{instance}tq:claims:{node}``: the ids a node holds (no TTL: valid while it lives)."""
+        check_user_key("node", node)
+        return f"{self.sched_claims_prefix}{node}"
+
+    @property
+    def sched_cron_prefix(self) -> str:
+        """Prefix of :meth:`sched_cron`, for the scripts."""
+        return f"{self.instance}tq:cron:"
+
+    def sched_cron(self, cron_id: str) -> str:
+        """``{instance}tq:cron:{id}``: a cron definition (hash)."""
+        check_user_key("cron_id", cron_id)
+        return f"{self.sched_cron_prefix}{cron_id}"
+
+    @property
+    def sched_crons(self) -> str:
+        """``{instance}tq:crons``: hash of cron signature (function, expression, zone) to cron id."""
+        return f"{self.instance}tq:crons"
+
+    @property
+    def sched_fence(self) -> str:
+        """``{instance}tq:fence``: the claim fence counter; it never goes backwards."""
+        return f"{self.instance}tq:fence"
+
+    @property
+    def sched_finished(self) -> str:
+        """``{instance}tq:finished``: finished job ids scored by when their record expires."""
+        return f"{self.instance}tq:finished"
+
+    @property
+    def sched_wake_channel(self) -> str:
+        """``{instance}tq:wake``: pub/sub channel; a message is the earliest due time (ms) of new work."""
+        return f"{self.instance}tq:wake"
+
 
 def check_user_key(field: str, value: object) -> None:
     """Reject names that cannot be part of a key: non-strings and empty strings.

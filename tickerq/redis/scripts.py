@@ -24,12 +24,12 @@ _Arg = str | bytes | int | float
 _INCLUDE = re.compile(r"^-- include: (\w+)$", re.MULTILINE)
 
 
-def _read(name: str) -> str:
-    return resources.files("tickerq.redis").joinpath("lua", f"{name}.lua").read_text("utf-8")
+def _read(package: str, name: str) -> str:
+    return resources.files(package).joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
 class LuaScript:
-    """One Lua script from ``tickerq/redis/lua/``, run with EVALSHA.
+    """One Lua script from a package's ``lua/`` directory, run with EVALSHA.
 
     A line ``-- include: helpers`` in the file is replaced by ``helpers.lua``,
     so scripts can share Lua functions without a second round trip.
@@ -39,11 +39,12 @@ class LuaScript:
 
     Args:
         name: The file name without ``.lua``.
+        package: The package whose ``lua/`` directory holds it (and its includes).
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, package: str = "tickerq.redis") -> None:
         self.name = name
-        self.source = _INCLUDE.sub(lambda match: _read(match.group(1)), _read(name))
+        self.source = _INCLUDE.sub(lambda match: _read(package, match.group(1)), _read(package, name))
         self.sha = hashlib.sha1(self.source.encode("utf-8"), usedforsecurity=False).hexdigest()
 
     def __call__(self, client: redis.Redis, keys: Sequence[str], args: Sequence[_Arg] = ()) -> Any:

@@ -14,13 +14,23 @@ Guarantees every implementation keeps:
   dead, whose job was handed back and claimed again) changes nothing.
 - **Claims live as long as their node.** A claim has no timeout of its own;
   only ``release_node`` (the node is dead, or restarted under the same id)
-  hands its claims back, as IDLE, due now, with ``is_rerun`` set.
+  hands its claims back, as IDLE and due now; ``is_rerun`` is set on the ones
+  that had started (IN_PROGRESS), since a QUEUED job never ran.
+- **Cancels win.** A job with ``cancel_requested`` is never run again: ``start``
+  refuses it (CANCELLED), and a failed, handed-back or released attempt makes
+  it CANCELLED instead of IDLE.
 - **One clock.** "Is it due" is decided on the store's clock (Redis ``TIME``),
   never the caller's, so clock skew between nodes cannot start a job early.
 - **Idempotent chores.** ``materialize_cron``, ``release_node`` and
   ``expire_finished`` are safe when several nodes run them at once.
 - **Bounded storage.** Finished jobs are deleted ``retention`` after they
-  finish; no index keeps them longer.
+  finish; no index keeps them longer. A store has a default retention
+  (:data:`DEFAULT_RETENTION` unless given) for the jobs that finish inside
+  other verbs (cancel, skip, undecodable records).
+- **Wake-ups.** Whenever a job becomes due-able (added, retried, handed back,
+  an occurrence materialised), the store tells idle nodes the earliest due
+  time: the Redis store PUBLISHes on a channel, the memory store calls its
+  listeners (see each store's docstring).
 """
 
 from __future__ import annotations
@@ -39,7 +49,10 @@ from tickerq.scheduler.model import (
     Outcome,
 )
 
-__all__ = ["JobStore"]
+__all__ = ["DEFAULT_RETENTION", "JobStore"]
+
+#: How long finished jobs are kept unless the store or the call says otherwise.
+DEFAULT_RETENTION = timedelta(days=7)
 
 
 class JobStore(Protocol):
@@ -54,7 +67,8 @@ class JobStore(Protocol):
     def add_jobs(self, jobs: Sequence[NewJob]) -> list[int]:
         """Store new IDLE jobs (one round trip for the batch) and wake the nodes.
 
-        A job whose id exists already is left as it is.
+        A job whose id exists already is left as it is (its due time is
+        returned). A job with neither ``due_ms`` nor ``delay_ms`` is due now.
 
         Returns:
             Each job's due time (store clock ms), in the order given.
@@ -80,28 +94,39 @@ class JobStore(Protocol):
         """Claim up to ``limit`` due IDLE jobs of the given functions for ``node``.
 
         Respects each function's ``free_slots``, ``cluster_concurrency`` and
-        ``skip_if_running``; never claims a function not listed (rolling
-        deploys: a job for a function no live node has stays IDLE). Jobs
-        whose stored record cannot be decoded are marked FAILED with the
-        reason and never block the others.
+        ``skip_if_running`` (a cron occurrence is SKIPPED while another
+        occurrence of the same cron is QUEUED or IN_PROGRESS anywhere); never
+        claims a function not listed (rolling deploys: a job for a function no
+        live node has stays IDLE). Jobs whose stored record cannot be decoded
+        are marked FAILED with the reason and never block the others. Due jobs
+        are claimed earliest first.
+
+        ``ClaimBatch.next_due_ms`` is the earliest due time among the listed
+        functions this node still has room for after the call (it may be in
+        the past when ``limit`` stopped the call); None when there is none.
         """
         ...
 
     def start(self, claims: Sequence[tuple[str, int]], started_ms: int | None = None) -> list[bool]:
         """Mark claimed jobs IN_PROGRESS; each ``(job_id, fence)``.
 
+        ``executed_at_ms`` becomes ``started_ms`` (default: the store's clock).
+        A claimed job whose cancel was requested meanwhile becomes CANCELLED
+        and gets False.
+
         Returns:
             For each, whether the fence still held (False: do not run it).
         """
         ...
 
-    def finish(self, outcomes: Sequence[Outcome], retention: timedelta) -> list[bool]:
+    def finish(self, outcomes: Sequence[Outcome], retention: timedelta | None = None) -> list[bool]:
         """Record how attempts ended (one round trip for the batch).
 
         DONE and CANCELLED finish the job; FAILED schedules a retry when one
-        is left (IDLE, due after the next retry interval) else finishes it;
-        HANDED_BACK makes it IDLE and due now with ``is_rerun``. A finished job
-        is deleted ``retention`` after it finished.
+        is left (IDLE, due after the next retry interval; no intervals: due
+        now) else finishes it; HANDED_BACK makes it IDLE and due now, with
+        ``is_rerun`` when it had started. A finished job is deleted
+        ``retention`` (default: the store's) after it finished.
 
         Returns:
             For each outcome, whether its fence still held (False: ignored).
@@ -116,7 +141,8 @@ class JobStore(Protocol):
         """Hand back every claim ``node`` holds (it is dead, or restarted).
 
         Returns:
-            The ids handed back (IDLE, due now, ``is_rerun`` set).
+            The ids handed back (IDLE, due now; ``is_rerun`` set on those that
+            had started; CANCELLED instead when a cancel was requested).
         """
         ...
 
@@ -158,12 +184,17 @@ class JobStore(Protocol):
         downtime are added to the cron's count.
 
         Returns:
-            False when another node advanced the cron first (nothing changed).
+            False when another node advanced the cron first, or the cron is
+            unknown or disabled (nothing changed).
         """
         ...
 
     def run_now(self, cron_id: str) -> str | None:
-        """Add one extra occurrence of the cron, due now; returns its job id."""
+        """Add one extra occurrence of the cron, due now (also when disabled).
+
+        Returns:
+            Its job id (``f"{cron_id}@{now_ms}.{n}"``), or None for an unknown cron.
+        """
         ...
 
     # -- housekeeping -----------------------------------------------------------
