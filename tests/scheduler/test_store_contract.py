@@ -324,6 +324,21 @@ def test_start_and_finish_record_the_attempt(harness: Harness) -> None:
     assert [False] == store.start([(claim.job.id, claim.fence)])
 
 
+def test_claim_with_start_is_in_progress_at_once(harness: Harness) -> None:
+    """claim_due(start=True) hands out IN_PROGRESS jobs with executed_at set to the claim's time."""
+    store = harness.store
+    store.add_jobs([job("a")])
+    batch = store.claim_due("n1", [F], 10, start=True)
+    claim = batch.claims[0]
+    assert (TickerStatus.IN_PROGRESS, batch.now_ms) == (claim.job.status, claim.job.executed_at_ms)
+    stored = store.get_job("a")
+    assert stored is not None
+    assert (TickerStatus.IN_PROGRESS, batch.now_ms) == (stored.status, stored.executed_at_ms)
+    assert [True] == store.start([("a", claim.fence)])
+    assert batch.now_ms == store.get_job("a").executed_at_ms  # type: ignore[union-attr]
+    assert [True] == store.finish([outcome(claim, OutcomeKind.DONE)])
+
+
 def test_wrong_fence_is_refused(harness: Harness) -> None:
     """start and finish under a fence the job does not hold change nothing."""
     store = harness.store
