@@ -17,6 +17,7 @@ import attrs
 import pytest
 
 from tickerq._runtime.clock import ManualClock
+from tickerq.errors import InvalidKeyError
 from tickerq.redis.keys import Keys
 from tickerq.scheduler.memory_store import MemoryJobStore
 from tickerq.scheduler.model import (
@@ -528,6 +529,12 @@ def test_add_cron_is_idempotent_and_listed(harness: Harness) -> None:
     assert not store.remove_cron("c3")
     assert store.get_cron("c3") is None
     assert ["c1"] == [c.id for c in store.list_crons()]
+
+
+def test_cron_ids_may_not_contain_an_at_sign() -> None:
+    """A cron id with '@' is refused: occurrence ids are f"{cron_id}@{ms}"."""
+    with pytest.raises(InvalidKeyError, match="'@'"):
+        cron("a@b")
 
 
 def test_enable_and_disable(harness: Harness) -> None:

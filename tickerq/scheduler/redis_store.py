@@ -305,18 +305,17 @@ class RedisJobStore:
         now, next_due, flat, skipped = self._run("claim_due", _CLAIM, args, [self._keys.sched_claims(node)])
         claims: list[Claim] = []
         undecodable: list[Outcome] = []
-        for i in range(0, len(flat), 2):
-            job_id = _text(flat[i])
+        for i in range(0, len(flat), 3):
+            job_id, fence = _text(flat[i]), int(flat[i + 1])
             try:
-                job = decode_job(job_id, flat[i + 1])
+                job = decode_job(job_id, flat[i + 2])
             except KeyTypeError as exc:
                 # The script checks every field's type; this is the last line of defence.
-                fence = int(orjson.loads(flat[i + 1])["e"])
                 undecodable.append(
                     Outcome(job_id=job_id, fence=fence, kind=OutcomeKind.FAILED, exception_message=str(exc))
                 )
                 continue
-            claims.append(Claim(job=job, fence=job.fence))
+            claims.append(Claim(job=job, fence=fence))
         if undecodable:
             self._finish(undecodable, None, final=True)
         return ClaimBatch(

@@ -3,7 +3,7 @@
 -- ARGV[A] node, ARGV[A+1] limit, ARGV[A+2] '1' to start the claimed jobs at once (IN_PROGRESS,
 -- executed at now) or '0' (QUEUED), then per function 4 values: name, free slots,
 -- cluster concurrency (-1 = none), skip_if_running ('1' or '0').
--- Returns {now, next due ms (-1 = none), {id, record JSON, ...}, {skipped ids}}.
+-- Returns {now, next due ms (-1 = none), {id, fence, record JSON, ...}, {skipped ids}}.
 -- include: sched_lib
 local node, left, start = ARGV[A], tonumber(ARGV[A + 1]), ARGV[A + 2] == '1'
 local now = now_ms()
@@ -51,6 +51,7 @@ for i = A + 3, #ARGV, 4 do
         rec.s, rec.o, rec.e = 'Q', node, fence
         if start then rec.s, rec.a = 'P', now end
         claimed[#claimed + 1] = id
+        claimed[#claimed + 1] = fence
         claimed[#claimed + 1] = save(id, rec, key)
         -- At once, not batched: a later occurrence in this batch must see this one running.
         redis.call('ZADD', run_key, 0, id)
