@@ -113,6 +113,21 @@ def test_keys_stay_under_the_instance_and_finished_records_expire(
     assert 1 == redis_client.zcard(KEYS.sched_finished)
 
 
+def test_buckets_hold_only_small_idle_records(store: RedisJobStore, redis_client: redis.Redis) -> None:
+    """Small IDLE records share listpack buckets; claimed and large records get keys of their own."""
+    store.add_jobs([NewJob(id=f"small{i}", function="F") for i in range(50)])
+    store.add_jobs([NewJob(id="large", function="G", request=b'{"body":"' + b"x" * 100 + b'"}')])
+    assert not redis_client.exists(KEYS.sched_job("small1"))
+    assert redis_client.exists(KEYS.sched_job("large"))
+    claimed = store.claim_due("n1", [FunctionLimits(name="F", free_slots=10)], 10).claims
+    for claim in claimed:
+        assert redis_client.exists(KEYS.sched_job(claim.job.id))
+    buckets = list(redis_client.scan_iter(match=f"{KEYS.sched_jobs_prefix}*"))
+    assert 40 == sum(redis_client.hlen(key) for key in buckets)
+    assert {"listpack"} == {redis_client.object("encoding", key) for key in buckets}
+    assert b'{"body":"' + b"x" * 100 + b'"}' == store.get_job("large").request  # type: ignore[union-attr]
+
+
 def test_add_jobs_publishes_the_earliest_due_time(store: RedisJobStore) -> None:
     """add_jobs wakes subscribers with the earliest due time of the jobs it added."""
     pubsub = store.subscribe_wake()

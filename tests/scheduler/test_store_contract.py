@@ -17,6 +17,7 @@ import attrs
 import pytest
 
 from tickerq._runtime.clock import ManualClock
+from tickerq.errors import InvalidKeyError
 from tickerq.redis.keys import Keys
 from tickerq.scheduler.memory_store import MemoryJobStore
 from tickerq.scheduler.model import (
@@ -324,6 +325,21 @@ def test_start_and_finish_record_the_attempt(harness: Harness) -> None:
     assert [False] == store.start([(claim.job.id, claim.fence)])
 
 
+def test_claim_with_start_is_in_progress_at_once(harness: Harness) -> None:
+    """claim_due(start=True) hands out IN_PROGRESS jobs with executed_at set to the claim's time."""
+    store = harness.store
+    store.add_jobs([job("a")])
+    batch = store.claim_due("n1", [F], 10, start=True)
+    claim = batch.claims[0]
+    assert (TickerStatus.IN_PROGRESS, batch.now_ms) == (claim.job.status, claim.job.executed_at_ms)
+    stored = store.get_job("a")
+    assert stored is not None
+    assert (TickerStatus.IN_PROGRESS, batch.now_ms) == (stored.status, stored.executed_at_ms)
+    assert [True] == store.start([("a", claim.fence)])
+    assert batch.now_ms == store.get_job("a").executed_at_ms  # type: ignore[union-attr]
+    assert [True] == store.finish([outcome(claim, OutcomeKind.DONE)])
+
+
 def test_wrong_fence_is_refused(harness: Harness) -> None:
     """start and finish under a fence the job does not hold change nothing."""
     store = harness.store
@@ -513,6 +529,12 @@ def test_add_cron_is_idempotent_and_listed(harness: Harness) -> None:
     assert not store.remove_cron("c3")
     assert store.get_cron("c3") is None
     assert ["c1"] == [c.id for c in store.list_crons()]
+
+
+def test_cron_ids_may_not_contain_an_at_sign() -> None:
+    """A cron id with '@' is refused: occurrence ids are f"{cron_id}@{ms}"."""
+    with pytest.raises(InvalidKeyError, match="'@'"):
+        cron("a@b")
 
 
 def test_enable_and_disable(harness: Harness) -> None:

@@ -138,14 +138,14 @@ class Keys:
         return f"{self.election(name)}:term"
 
     # -- the scheduler's job store (tickerq.scheduler.redis_store) ---------------
-    # Active jobs (IDLE, QUEUED, IN_PROGRESS) live as JSON records in hash buckets
-    # (``jobs:`` + the first 3 hex digits of the id's SHA-1, picked inside the Lua
-    # scripts), so a pending job costs one small hash field instead of one key; a
-    # finished job moves to a key of its own, which PEXPIRE deletes after retention.
+    # A small IDLE job record lives in a hash bucket (``jobs:`` + the first 4 hex
+    # digits of the id's SHA-1, picked inside the Lua scripts), so a pending job costs
+    # a listpack entry instead of a key; any other record (claimed, large, finished)
+    # has a key of its own, which PEXPIRE deletes after retention once it finished.
 
     @property
     def sched_jobs_prefix(self) -> str:
-        """Prefix of the hash buckets of active job records; the scripts append the bucket."""
+        """Prefix of the hash buckets of small IDLE job records; the scripts append the bucket."""
         return f"{self.instance}tq:jobs:"
 
     @property
@@ -154,7 +154,7 @@ class Keys:
         return f"{self.instance}tq:job:"
 
     def sched_job(self, job_id: str) -> str:
-        """``{instance}tq:job:{id}``: a finished job's record, deleted after retention."""
+        """``{instance}tq:job:{id}``: a job record outside the buckets (expires once finished)."""
         check_user_key("job_id", job_id)
         return f"{self.sched_job_prefix}{job_id}"
 

@@ -221,7 +221,9 @@ class MemoryJobStore:
 
     # -- claiming and running -------------------------------------------------
 
-    def claim_due(self, node: str, functions: Sequence[FunctionLimits], limit: int) -> ClaimBatch:
+    def claim_due(
+        self, node: str, functions: Sequence[FunctionLimits], limit: int, *, start: bool = False
+    ) -> ClaimBatch:
         """See :meth:`JobStore.claim_due`."""
         claims: list[Claim] = []
         skipped: list[str] = []
@@ -248,6 +250,8 @@ class MemoryJobStore:
                         continue
                     self._fence += 1
                     job = attrs.evolve(job, status=TickerStatus.QUEUED, node=node, fence=self._fence)
+                    if start:
+                        job = attrs.evolve(job, status=TickerStatus.IN_PROGRESS, executed_at_ms=now)
                     self._jobs[job_id] = job
                     self._hold(job)
                     running = self._running[limits.name]

@@ -11,6 +11,8 @@ import enum
 
 import attrs
 
+from tickerq.errors import InvalidKeyError
+
 __all__ = [
     "Claim",
     "ClaimBatch",
@@ -62,11 +64,18 @@ class NewJob:
     retry_intervals: tuple[int, ...] = ()  #: seconds; the last one repeats
 
 
+def _no_at_sign(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    # An occurrence's job id is f"{cron_id}@{ms}": an '@' in the cron id would make one
+    # cron's occurrences look like another's (skip_if_running looks them up by prefix).
+    if "@" in value:
+        raise InvalidKeyError(f"{attribute.name}={value!r} contains '@', which occurrence ids reserve")
+
+
 @attrs.frozen(kw_only=True)
 class NewCron:
     """A cron definition to add (idempotent per function, expression and time zone)."""
 
-    id: str
+    id: str = attrs.field(validator=_no_at_sign)  #: no '@' (occurrence ids are ``f"{id}@{ms}"``)
     function: str
     expression: str  #: normalised 6-field form, seconds first
     time_zone: str  #: IANA name, e.g. "UTC", "Europe/Berlin"

@@ -3,12 +3,15 @@
 Layout (key names come from :class:`~tickerq.redis.keys.Keys`, all under
 ``{instance}tq:``):
 
-- Active jobs (IDLE, QUEUED, IN_PROGRESS) are compact JSON records in hash
-  buckets ``tq:jobs:{bucket}`` (field = job id; 4,096 buckets chosen by the
-  id's SHA-1 inside the scripts), so a pending job costs a hash field and a
-  due-index entry rather than a key of its own. A finished job's record moves
-  to ``tq:job:{id}``, which PEXPIRE deletes after retention; ``tq:finished``
-  (scored by expiry) is trimmed by :meth:`RedisJobStore.expire_finished`.
+- A job is one compact JSON record. A pending (IDLE) record that fits a
+  listpack entry (64 bytes; a job without a request and a function name up to
+  about 25 characters) lives in a hash bucket ``tq:jobs:{bucket}`` (field = job
+  id; 65,536 buckets chosen by the id's SHA-1 inside the scripts), so a pending
+  job costs a listpack entry and a due-index entry rather than a key of its
+  own. Every other record (claimed, larger, finished) has its own key
+  ``tq:job:{id}``; once the job finished, PEXPIRE deletes it after retention,
+  and ``tq:finished`` (scored by expiry) is trimmed by
+  :meth:`RedisJobStore.expire_finished`.
 - ``tq:due:{function}`` (IDLE ids by due ms), ``tq:running:{function}``
   (claimed ids), ``tq:claims:{node}`` (no TTL: a claim lives as long as its
   node), ``tq:cron:{id}`` and ``tq:crons``, ``tq:fence`` (one counter for
@@ -142,7 +145,7 @@ def decode_job(job_id: str, raw: bytes | str) -> JobRecord:
             fence=int(data.get("e", 0)),
             is_rerun=bool(data.get("x")),
             cron_id=data.get("y"),
-            created_ms=int(data.get("c", due)),
+            created_ms=due - int(data.get("c", 0)),
             executed_at_ms=_opt_int(data.get("a")),
             elapsed_ms=_opt_int(data.get("l")),
             exception_message=data.get("m"),
@@ -290,9 +293,11 @@ class RedisJobStore:
 
     # -- claiming and running -------------------------------------------------
 
-    def claim_due(self, node: str, functions: Sequence[FunctionLimits], limit: int) -> ClaimBatch:
+    def claim_due(
+        self, node: str, functions: Sequence[FunctionLimits], limit: int, *, start: bool = False
+    ) -> ClaimBatch:
         """See :meth:`JobStore.claim_due`."""
-        args: list[str | int | bytes] = [node, limit]
+        args: list[str | int | bytes] = [node, limit, "1" if start else "0"]
         for limits in functions:
             check_user_key("function", limits.name)
             cap = -1 if limits.cluster_concurrency is None else limits.cluster_concurrency
@@ -300,18 +305,17 @@ class RedisJobStore:
         now, next_due, flat, skipped = self._run("claim_due", _CLAIM, args, [self._keys.sched_claims(node)])
         claims: list[Claim] = []
         undecodable: list[Outcome] = []
-        for i in range(0, len(flat), 2):
-            job_id = _text(flat[i])
+        for i in range(0, len(flat), 3):
+            job_id, fence = _text(flat[i]), int(flat[i + 1])
             try:
-                job = decode_job(job_id, flat[i + 1])
+                job = decode_job(job_id, flat[i + 2])
             except KeyTypeError as exc:
                 # The script checks every field's type; this is the last line of defence.
-                fence = int(orjson.loads(flat[i + 1])["e"])
                 undecodable.append(
                     Outcome(job_id=job_id, fence=fence, kind=OutcomeKind.FAILED, exception_message=str(exc))
                 )
                 continue
-            claims.append(Claim(job=job, fence=job.fence))
+            claims.append(Claim(job=job, fence=fence))
         if undecodable:
             self._finish(undecodable, None, final=True)
         return ClaimBatch(

@@ -90,8 +90,15 @@ class JobStore(Protocol):
 
     # -- claiming and running -----------------------------------------------
 
-    def claim_due(self, node: str, functions: Sequence[FunctionLimits], limit: int) -> ClaimBatch:
+    def claim_due(
+        self, node: str, functions: Sequence[FunctionLimits], limit: int, *, start: bool = False
+    ) -> ClaimBatch:
         """Claim up to ``limit`` due IDLE jobs of the given functions for ``node``.
+
+        With ``start``, the claimed jobs are IN_PROGRESS at once (``executed_at_ms``
+        = the claim's time), for a node that runs them right away: it saves the
+        ``start`` round trip, and a cancel requested afterwards reaches the job
+        through ``cancel_requests`` instead of ``start`` refusing it.
 
         Respects each function's ``free_slots``, ``cluster_concurrency`` and
         ``skip_if_running`` (a cron occurrence is SKIPPED while another

@@ -10,16 +10,12 @@ for i = A, #ARGV, 4 do
   local rec = load(id)
   if rec then
     due = rec.d
-  elseif rec == nil and redis.call('EXISTS', P_JOB .. id) == 1 then
-    local kept = decode(redis.call('GET', P_JOB .. id))
-    due = kept and kept.d or now
   elseif rec == false then
     due = now  -- an undecodable record is left for the claimer to fail
   else
     due = due or (now + (tonumber(ARGV[i + 3]) or 0))
     rec = cjson.decode(ARGV[i + 1])
-    rec.d = due
-    if due ~= now then rec.c = now end
+    rec.d, rec.created = due, now
     enqueue(id, rec)
     if not earliest or due < earliest then earliest = due end
   end

@@ -4,7 +4,7 @@
 -- include: sched_read_lib
 local id = ARGV[A]
 local rec = load(id)
-if not rec then return read(id) end
+if not rec or not (rec.s == nil or is_claimed(rec)) then return read(id) end
 if not rec.s then
   redis.call('ZREM', P_DUE .. rec.f, id)
   return {'f', close(id, rec, 'C', now_ms(), RETENTION)}

@@ -1,10 +1,11 @@
 -- Claim due IDLE jobs for a node, earliest first, within its limits.
 -- KEYS[4] the node's claims set.
--- ARGV[A] node, ARGV[A+1] limit, then per function 4 values: name, free slots,
+-- ARGV[A] node, ARGV[A+1] limit, ARGV[A+2] '1' to start the claimed jobs at once (IN_PROGRESS,
+-- executed at now) or '0' (QUEUED), then per function 4 values: name, free slots,
 -- cluster concurrency (-1 = none), skip_if_running ('1' or '0').
--- Returns {now, next due ms (-1 = none), {id, record JSON, ...}, {skipped ids}}.
+-- Returns {now, next due ms (-1 = none), {id, fence, record JSON, ...}, {skipped ids}}.
 -- include: sched_lib
-local node, left = ARGV[A], tonumber(ARGV[A + 1])
+local node, left, start = ARGV[A], tonumber(ARGV[A + 1]), ARGV[A + 2] == '1'
 local now = now_ms()
 -- Read the counter first: one holding garbage fails the script before it writes anything.
 local first_fence = tonumber(redis.call('GET', FENCE) or '0')
@@ -21,19 +22,21 @@ local function occurrence_running(run_key, cron_id)
   return #redis.call('ZRANGEBYLEX', run_key, '[' .. cron_id .. '@', '(' .. cron_id .. 'A', 'LIMIT', 0, 1) > 0
 end
 
-for i = A + 2, #ARGV, 4 do
+for i = A + 3, #ARGV, 4 do
   local name, free, cap, skip = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3] == '1'
   local due_key, run_key = P_DUE .. name, P_RUN .. name
   local room = math.min(free, left)
   if cap >= 0 then room = math.min(room, cap - redis.call('ZCARD', run_key)) end
   local taken = 0
   while room > 0 and budget > 0 do
-    local ids = redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'LIMIT', 0, math.min(room, budget))
+    local ids = redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'LIMIT', 0, math.min(room, budget, 500))
     if #ids == 0 then break end
+    redis.call('ZREM', due_key, unpack(ids))
+    local held = {}
     for _, id in ipairs(ids) do
       budget = budget - 1
-      redis.call('ZREM', due_key, id)
-      local rec, why = load(id)
+      local key = bucket(id)
+      local rec, why = load(id, key)
       if rec == false then
         local failed = new_record(name, now, now)
         failed.m = 'the stored job record cannot be decoded: ' .. why
@@ -46,13 +49,17 @@ for i = A + 2, #ARGV, 4 do
       else
         fence = fence + 1
         rec.s, rec.o, rec.e = 'Q', node, fence
+        if start then rec.s, rec.a = 'P', now end
         claimed[#claimed + 1] = id
-        claimed[#claimed + 1] = save(id, rec)
+        claimed[#claimed + 1] = fence
+        claimed[#claimed + 1] = save(id, rec, key)
+        -- At once, not batched: a later occurrence in this batch must see this one running.
         redis.call('ZADD', run_key, 0, id)
-        redis.call('SADD', KEYS[4], id)
+        held[#held + 1] = id
         room, left, taken = room - 1, left - 1, taken + 1
       end
     end
+    if #held > 0 then redis.call('SADD', KEYS[4], unpack(held)) end
   end
   -- When to look again: only for functions this node still has room for.
   if free > taken and (cap < 0 or redis.call('ZCARD', run_key) < cap) then

@@ -4,10 +4,13 @@
 -- ARGV[1] active-record bucket prefix, ARGV[2] finished-record prefix, ARGV[3] due prefix,
 -- ARGV[4] running prefix, ARGV[5] claims prefix, ARGV[6] wake channel, ARGV[7] default
 -- retention ms. Script-specific arguments start at ARGV[A].
--- Active jobs are JSON records in hash buckets, the bucket picked from the id's SHA-1 here
--- and only here; a finished job's record moves to a key of its own that expires.
--- Record fields: f function, s status (absent = IDLE; Q P D F C S), d due ms, c created ms
--- (absent = d), r request text, n retries, v retry intervals (s), k failed attempts,
+-- A job is one JSON record, stored in one of two places: a small IDLE record (id and JSON
+-- both within a listpack entry) in a hash bucket picked from the id's SHA-1 (here and only
+-- here); any other record (claimed, large, finished) in a key of its own, which expires
+-- after retention once the job finished. Buckets so hold only listpack-sized entries and
+-- stay listpacks (about 75 bytes a job instead of a key's 150).
+-- Record fields: f function, s status (absent = IDLE; Q P D F C S), d due ms, c due minus
+-- created ms (absent = 0: short, so that more records fit a bucket), r request text, n retries, v retry intervals (s), k failed attempts,
 -- o node, e fence, x is_rerun, y cron id, a executed at ms, l elapsed ms, m message,
 -- z cancel requested.
 local FINISHED, FENCE, CRONS = KEYS[1], KEYS[2], KEYS[3]
@@ -21,14 +24,18 @@ local FIELD_TYPES = {
   a = 'number', l = 'number', m = 'string', z = 'number'
 }
 local STATUSES = {Q = true, P = true, D = true, F = true, C = true, S = true}
+-- Redis' default hash-max-listpack-value: longer entries would turn a bucket into a hashtable.
+local SMALL = 64
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- 65,536 buckets: with a million active jobs a bucket holds about 15 (a listpack of a few
+-- cache lines, which HGET scans quickly); with a hundred thousand, one or two.
 local function bucket(id)
-  return P_BUCKET .. string.sub(redis.sha1hex(id), 1, 3)
+  return P_BUCKET .. string.sub(redis.sha1hex(id), 1, 4)
 end
 
 -- Why a decoded record cannot be used, or nil when it can.
@@ -50,19 +57,36 @@ local function invalid(rec)
   return nil
 end
 
+-- In a decoded record, rec.created is the absolute creation time (c is relative to d on
+-- the wire), so code may change d freely; encode() writes it back relative to d.
 local function decode(raw)
   local ok, rec = pcall(cjson.decode, raw)
   if not ok then return false, 'it is not JSON' end
   local why = invalid(rec)
   if why then return false, why end
+  rec.created, rec.c = rec.d - (rec.c or 0), nil
   return rec
 end
 
--- The active record of id: rec; nil when there is none; false, why when it cannot be decoded.
-local function load(id)
-  local raw = redis.pcall('HGET', bucket(id), id)
+local function encode(rec)
+  local created = rec.created
+  rec.created = nil
+  if created and created ~= rec.d then rec.c = rec.d - created end
+  local raw = cjson.encode(rec)
+  rec.created, rec.c = created, nil
+  return raw
+end
+
+-- The record of id (finished ones included): rec; nil when there is none; false, why when
+-- it cannot be read or decoded. key: the id's bucket, when the caller has it already.
+local function load(id, key)
+  local raw = redis.pcall('HGET', key or bucket(id), id)
   if type(raw) == 'table' and raw.err then return false, raw.err end
-  if not raw then return nil end
+  if not raw then
+    raw = redis.pcall('GET', P_JOB .. id)
+    if type(raw) == 'table' and raw.err then return false, raw.err end
+    if not raw then return nil end
+  end
   return decode(raw)
 end
 
@@ -73,9 +97,16 @@ local function exists(id)
   return redis.call('EXISTS', P_JOB .. id) == 1
 end
 
-local function save(id, rec)
-  local raw = cjson.encode(rec)
-  redis.call('HSET', bucket(id), id, raw)
+-- Store an unfinished record where it belongs (and nowhere else).
+local function save(id, rec, key)
+  local raw = encode(rec)
+  if not rec.s and #raw <= SMALL and #id <= SMALL then
+    redis.call('HSET', key or bucket(id), id, raw)
+    redis.call('DEL', P_JOB .. id)
+  else
+    redis.call('SET', P_JOB .. id, raw)
+    redis.pcall('HDEL', key or bucket(id), id)
+  end
   return raw
 end
 
@@ -96,7 +127,7 @@ end
 local function close(id, rec, status, now, retention)
   rec.s = status
   redis.pcall('HDEL', bucket(id), id)
-  local raw = cjson.encode(rec)
+  local raw = encode(rec)
   redis.call('SET', P_JOB .. id, raw, 'PX', retention)
   redis.call('ZADD', FINISHED, now + retention, id)
   return raw
@@ -124,9 +155,7 @@ local function wake(due)
   if due then redis.call('PUBLISH', WAKE, string.format('%d', due)) end
 end
 
--- The record of a new IDLE job; created is kept only when it differs from due.
+-- The record of a new IDLE job.
 local function new_record(function_name, due, now)
-  local rec = {f = function_name, d = due}
-  if now ~= due then rec.c = now end
-  return rec
+  return {f = function_name, d = due, created = now}
 end
