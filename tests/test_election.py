@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -16,7 +15,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import attrs
@@ -30,6 +28,8 @@ from redis.retry import Retry
 from tests.conftest import wait_until
 from tests.netfault import FaultProxy
 from tickerq import add_tickerq
+from tickerq._runtime.clock import ManualClock
+from tickerq._runtime.dispatcher import Dispatcher
 from tickerq.errors import ConfigurationError, InvalidKeyError, KeyTypeError, RedisUnavailableError
 from tickerq.events import EventHub, LeaderChanged, LeadershipAcquired, LeadershipLost
 from tickerq.redis.election import LeaderElection
@@ -73,6 +73,13 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> float:
     started = time.monotonic()
     wait_until(predicate, timeout=timeout, interval=0.005)
     return time.monotonic() - started
+
+
+def failed_attempts(caplog: pytest.LogCaptureFixture) -> int:
+    """How many of the election's Redis calls failed so far (logged once as a warning, then at debug)."""
+    return sum(
+        "Redis unavailable" in r.getMessage() or "still unavailable" in r.getMessage() for r in caplog.records
+    )
 
 
 # -- configuration ---------------------------------------------------------------
@@ -173,7 +180,7 @@ def test_leader_gets_its_term_from_redis_and_keeps_it(
 
 
 def test_callbacks_run_in_order_on_the_callback_thread(redis_server: RedisServer, make: Make) -> None:
-    """Callbacks run in order, on 'tickerq-election-sched-callbacks', never on the renewing thread."""
+    """Callbacks run in order, on 'tickerq-election-sched-callbacks-1', never on the renewing thread."""
     calls: list[tuple[str, object]] = []
     threads: set[str] = set()
 
@@ -197,19 +204,20 @@ def test_callbacks_run_in_order_on_the_callback_thread(redis_server: RedisServer
     wait_for(lambda: len(calls) >= 4)
     election.stop()
     assert [("new", "a"), ("elected", 1), ("demoted", 1), ("new", None)] == calls
-    assert {"tickerq-election-sched-callbacks"} == threads
+    assert {"tickerq-election-sched-callbacks-1"} == threads
     assert [] == [t.name for t in threading.enumerate() if t.name.startswith("tickerq-election-sched")]
 
 
 def test_threads_are_named_daemons(redis_server: RedisServer, make: Make) -> None:
-    """A leader runs daemons 'tickerq-election-NAME', '...-callbacks' and '...-deadline'; stop() ends them."""
-    election = make(redis_server, "a", name="reports")
+    """A leader runs daemons 'tickerq-election-NAME', '...-callbacks-1', '...-deadline'; stop() ends them."""
+    seen: list[str | None] = []
+    election = make(redis_server, "a", name="reports", on_new_leader=seen.append)
     election.start()
-    wait_for(lambda: election.is_leader)
+    wait_for(lambda: election.is_leader and seen)  # the callback thread starts with the first callback
     threads = [t for t in threading.enumerate() if t.name.startswith("tickerq-election-reports")]
     assert {
         "tickerq-election-reports": True,
-        "tickerq-election-reports-callbacks": True,
+        "tickerq-election-reports-callbacks-1": True,
         "tickerq-election-reports-deadline": True,
     } == {t.name: t.daemon for t in threads}
     election.stop()
@@ -286,7 +294,10 @@ def test_stop_is_fast_with_default_timings(
     wait_for(lambda: leader.is_leader)
     candidate.start()
     threads = [t for t in threading.enumerate() if t.name.startswith("tickerq-election-")]
-    assert 5 == len(threads)  # each: election and callbacks; the leader's deadline timer
+    # each: election and deadline watch; no callback was given, so no callback thread started
+    assert ["tickerq-election-sched"] * 2 + ["tickerq-election-sched-deadline"] * 2 == sorted(
+        t.name for t in threads
+    )
     for election in (candidate, leader):
         started = time.monotonic()
         election.stop()
@@ -358,13 +369,14 @@ def test_leader_demotes_when_redis_stops_and_leads_again_after(
     election.start()
     wait_for(lambda: election.is_leader)
     first = election.term
-    with caplog.at_level(logging.WARNING, logger="tickerq.redis.election"):
+    with caplog.at_level(logging.DEBUG, logger="tickerq.redis.election"):
         fault_server.stop()
         # the last renewal was sent less than RETRY before the stop, so its lease lapses after LEASE - RETRY
         assert wait_for(lambda: not election.is_leader) < LEASE - RETRY
         ended.wait(LEASE)
         assert ended.is_set()
-        time.sleep(2 * RETRY)  # a few more failed attempts
+        failed = failed_attempts(caplog)
+        wait_for(lambda: failed_attempts(caplog) >= failed + 2)  # a few more failed attempts
         fault_server.start()
         wait_for(lambda: election.is_leader, timeout=2 * LEASE + RETRY + SLACK)
     assert first is not None
@@ -382,15 +394,19 @@ def test_leader_read_without_redis_raises_redis_unavailable(fault_server: RedisS
 
 
 @pytest.mark.slow
-def test_redis_hanging_demotes_the_leader_and_stop_stays_fast(fault_server: RedisServer, make: Make) -> None:
+def test_redis_hanging_demotes_the_leader_and_stop_stays_fast(
+    fault_server: RedisServer, make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
     """Redis paused (SIGSTOP): the leader demotes by its deadline, and stop() still returns within 1 s."""
     election = make(fault_server, "a")
     election.start()
     wait_for(lambda: election.is_leader)
     fault_server.pause()
     try:
-        assert wait_for(lambda: not election.is_leader) < LEASE - RETRY
-        time.sleep(RETRY)
+        with caplog.at_level(logging.DEBUG, logger="tickerq.redis.election"):
+            assert wait_for(lambda: not election.is_leader) < LEASE - RETRY
+            failed = failed_attempts(caplog)
+            wait_for(lambda: failed_attempts(caplog) > failed)  # the next call is now hanging
         started = time.monotonic()
         election.stop()
         assert time.monotonic() - started < 1.0
@@ -418,10 +434,7 @@ def test_leader_survives_a_quick_redis_restart(fault_server: RedisServer, make: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("resign_first", [False, True], ids=["stop", "resign-then-stop"])
-def test_stop_with_redis_hanging_is_fast_with_default_timings(
-    fault_server: RedisServer, make: Make, resign_first: bool
-) -> None:
+def test_stop_with_redis_hanging_is_fast_with_default_timings(fault_server: RedisServer, make: Make) -> None:
     """Redis paused, 15 s / 10 s / 2 s: stop() returns within 0.6 s (call timeout + 0.1 s); threads end."""
     election = make(fault_server, "a", lease=15, renew_deadline=10, retry_period=2)
     election.start()
@@ -429,15 +442,37 @@ def test_stop_with_redis_hanging_is_fast_with_default_timings(
     threads = [t for t in threading.enumerate() if t.name.startswith("tickerq-election-")]
     fault_server.pause()
     try:
-        if resign_first:
-            election.resign()
-            time.sleep(0.05)  # its release is now hanging on Redis
         started = time.monotonic()
         election.stop()
         assert time.monotonic() - started <= 0.6
         assert [] == [t.name for t in threads if t.is_alive()]
     finally:
         fault_server.resume()
+
+
+@pytest.mark.slow
+def test_stop_while_a_resignation_waits_for_its_reply_is_fast_with_default_timings(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Resigned, its release run but the reply held back, 15 s / 10 s / 2 s: stop() returns within 0.6 s."""
+    with FaultProxy(redis_server.host, redis_server.port) as proxy:
+        client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=2, socket_connect_timeout=2)
+        election = LeaderElection(client, KEYS, "a", "sched", lease=15, renew_deadline=10, retry_period=2)
+        try:
+            election.start()
+            wait_for(lambda: election.is_leader)
+            threads = [t for t in threading.enumerate() if t.name.startswith("tickerq-election-")]
+            proxy.hold_replies()
+            election.resign()
+            wait_for(lambda: not redis_client.exists(LEASE_KEY))  # Redis ran the release; no reply yet
+            started = time.monotonic()
+            election.stop()
+            assert time.monotonic() - started <= 0.6
+            assert [] == [t.name for t in threads if t.is_alive()]
+        finally:
+            proxy.pass_replies()
+            election.stop()
+            client.close()
 
 
 @pytest.mark.slow
@@ -476,7 +511,7 @@ def test_slow_event_subscriber_does_not_stall_renewal(redis_server: RedisServer,
     election = make(redis_server, "a", events=hub)
     election.start()
     wait_for(lambda: ran_on)
-    assert ["tickerq-election-sched-callbacks"] == ran_on
+    assert ["tickerq-election-sched-callbacks-1"] == ran_on
     deadline = time.monotonic() + 2 * LEASE
     while time.monotonic() < deadline:
         assert 1 == election.term
@@ -605,27 +640,6 @@ def test_forked_child_does_not_lead(redis_server: RedisServer, redis_client: red
 # -- stopping ----------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def thread_hook(hook: Callable[[FrameType], None]) -> Iterator[None]:
-    """Call ``hook(frame)`` at every Python function call on the threads started inside the block.
-
-    No code is replaced: a hook that blocks holds its thread right there, as
-    if the OS had not scheduled it for a while, to land a call in a race
-    window deterministically.
-    """
-    previous = threading.gettrace()
-
-    def trace(frame: FrameType, event: str, arg: object) -> None:
-        if event == "call":
-            hook(frame)
-
-    threading.settrace(trace)
-    try:
-        yield
-    finally:
-        threading.settrace(previous)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("during", ["idle", "renewal"])
 def test_stop_hands_over_at_once_when_redis_is_far(
@@ -708,64 +722,188 @@ def test_context_close_stops_its_elections_together_while_redis_hangs(fault_serv
         container.shutdown_resources()
 
 
-def test_stop_right_after_a_promotion_waits_for_its_deadline_timer(
-    redis_server: RedisServer, make: Make
+def test_stop_from_on_elected_right_after_a_promotion_ends_every_thread(
+    redis_server: RedisServer, redis_client: redis.Redis, make: Make
 ) -> None:
-    """stop() while a new leadership is starting its deadline timer: the timer is joined too."""
-    election = make(redis_server, "a")
-    promoting, go = threading.Event(), threading.Event()
-
-    def hook(frame: FrameType) -> None:
-        thread = threading.current_thread().name
-        if thread == "tickerq-election-sched" and frame.f_code is threading.Thread.__init__.__code__:
-            if str(frame.f_locals.get("name")).endswith("-deadline"):
-                promoting.set()  # leading already; the timer is not built yet
-                go.wait(5)
-        elif thread == "tickerq-election-sched-deadline" and frame.f_code is threading.Thread.run.__code__:
-            time.sleep(0.3)  # the new timer is not scheduled for a while
-
-    with thread_hook(hook):  # open until the end: the timer thread starts late
-        election.start()
-        assert promoting.wait(5)
-        election.request_stop()
-        threading.Timer(0.1, go.set).start()  # the promotion finishes while wait_stopped() waits
-        assert election.wait_stopped(2)
-        assert [] == [t.name for t in threading.enumerate() if t.name.startswith("tickerq-election-sched")]
+    """request_stop() from on_elected, as the promotion lands: wait_stopped() ends all threads, lease gone."""
+    demoted: list[int] = []
+    election: LeaderElection = make(
+        redis_server, "a", on_elected=lambda *_: election.request_stop(), on_demoted=demoted.append
+    )
+    election.start()
+    wait_for(lambda: demoted)
+    assert election.wait_stopped(2)
+    assert [] == [t.name for t in threading.enumerate() if t.name.startswith("tickerq-election-sched")]
+    assert [1] == demoted
+    assert 0 == redis_client.exists(LEASE_KEY)
 
 
-@pytest.mark.slow
-def test_stop_landing_as_the_thread_begins_a_round_is_not_lost(redis_server: RedisServer, make: Make) -> None:
-    """stop() just as the election thread begins its next round (retry period 1 s): it ends at once."""
+def test_request_stop_as_a_round_begins_is_not_lost(redis_server: RedisServer, make: Make) -> None:
+    """request_stop() just as a round begins ends the election at once, every time.
+
+    On a ManualClock a wait ends only when the clock is advanced, so a stop
+    that the loop missed would hang until the deadline instead of costing one
+    retry period.
+    """
     leader = make(redis_server, "b")
     leader.start()
     wait_for(lambda: leader.is_leader)
-    seen: list[str | None] = []
-    candidate = make(
-        redis_server, "a", lease=15, renew_deadline=10, retry_period=1, on_new_leader=seen.append
-    )
-    armed, beginning, go = threading.Event(), threading.Event(), threading.Event()
-
-    def hook(frame: FrameType) -> None:
-        # The election thread clears its wake-up event once per round, first thing.
-        if (
-            armed.is_set()
-            and frame.f_code is threading.Event.clear.__code__
-            and threading.current_thread().name == "tickerq-election-sched"
-        ):
-            armed.clear()
-            beginning.set()
-            go.wait(5)
-
-    with thread_hook(hook):
+    for _ in range(20):
+        clock = ManualClock()
+        seen: list[str | None] = []
+        candidate = make(redis_server, "a", clock=clock, on_new_leader=seen.append)
         candidate.start()
-    wait_for(lambda: seen)  # its first round found b leading: it waits one retry period
-    armed.set()
-    assert beginning.wait(1 + SLACK)
-    candidate.request_stop()
-    go.set()
+        wait_for(seen.copy)  # its first round found b leading: it waits one retry period, on the clock
+        clock.advance(RETRY)  # the next round begins now...
+        candidate.request_stop()  # ...and the stop lands somewhere at its beginning
+        started = time.monotonic()
+        assert candidate.wait_stopped(2)
+        assert time.monotonic() - started < 0.5
+        assert not candidate.running
+
+
+@pytest.mark.slow
+def test_request_stop_then_wait_stopped_by_one_deadline_while_redis_is_frozen(
+    fault_server: RedisServer, make: Make
+) -> None:
+    """Redis paused, a leader and a candidate: request_stop() both, then both end by one 0.7 s deadline."""
+    leader = make(fault_server, "a", lease=15, renew_deadline=10, retry_period=2)
+    leader.start()
+    wait_for(lambda: leader.is_leader)
+    candidate = make(fault_server, "b", lease=15, renew_deadline=10, retry_period=2)
+    candidate.start()
+    wait_for(lambda: candidate.leader() == "a")
+    threads = [t for t in threading.enumerate() if t.name.startswith("tickerq-election-")]
+    fault_server.pause()
+    try:
+        started = time.monotonic()
+        for election in (leader, candidate):
+            election.request_stop()
+            assert not election.running
+        assert not leader.is_leader
+        assert time.monotonic() - started < 0.1  # no waiting, no I/O
+        assert LeaderElection.stop_all([leader, candidate], timeout=0.7)
+        assert time.monotonic() - started <= 0.7
+        assert [] == [t.name for t in threads if t.is_alive()]
+    finally:
+        fault_server.resume()
+
+
+def test_wait_stopped_while_a_callback_blocks(
+    redis_server: RedisServer, redis_client: redis.Redis, make: Make
+) -> None:
+    """A callback that ignores stop_event: the election still stops and hands over; only the callback waits.
+
+    request_stop() sets stop_event; wait_stopped() reports False while the
+    callback blocks, yet the election's thread and deadline watch have ended
+    and the lease is gone. Once the callback returns, on_demoted runs and
+    wait_stopped() is True.
+    """
+    release = threading.Event()
+    events: list[threading.Event] = []
+    order: list[str] = []
+
+    def stubborn(term: int, stop_event: threading.Event) -> None:
+        events.append(stop_event)
+        release.wait(10)
+        order.append(f"elected {term} returned")
+
+    election = make(
+        redis_server, "a", on_elected=stubborn, on_demoted=lambda term: order.append(f"demoted {term}")
+    )
+    election.start()
+    wait_for(lambda: events)
+    election.request_stop()
+    assert events[0].is_set()
     started = time.monotonic()
-    assert candidate.wait_stopped(2)
-    assert time.monotonic() - started < 0.5
+    assert not election.wait_stopped(0.3)
+    assert time.monotonic() - started < 0.3 + NOISE
+    alive = {t.name for t in threading.enumerate() if t.name.startswith("tickerq-election-sched")}
+    assert {"tickerq-election-sched-callbacks-1"} == alive
+    assert 0 == redis_client.exists(LEASE_KEY)
+    assert [] == order
+    release.set()
+    assert election.wait_stopped(2)
+    assert ["elected 1 returned", "demoted 1"] == order
+    assert [] == [t.name for t in threading.enumerate() if t.name.startswith("tickerq-election-sched")]
+
+
+@pytest.mark.slow
+def test_renew_deadline_counts_on_the_elections_clock(fault_server: RedisServer, make: Make) -> None:
+    """ManualClock, renewals failing (Redis paused): the leader leads until the clock passes its deadline.
+
+    is_leader stays True and stop_event unset at 9.99 s of 10 s, then both
+    end at once when the clock moves past the deadline, whatever real time
+    says.
+    """
+    clock = ManualClock()
+    ended: list[threading.Event] = []
+    election = make(
+        fault_server,
+        "a",
+        lease=15,
+        renew_deadline=10,
+        retry_period=2,
+        clock=clock,
+        on_elected=lambda _, stop_event: ended.append(stop_event),
+    )
+    election.start()
+    wait_for(lambda: ended)  # elected at clock 0 (relative)
+    fault_server.pause()
+    try:
+        clock.advance(9.99)  # its retry periods passed: it tries to renew, and that hangs
+        assert election.is_leader
+        assert not ended[0].is_set()
+        clock.advance(0.02)
+        assert not election.is_leader
+        wait_until(ended[0].is_set, timeout=1, interval=0.001)
+    finally:
+        fault_server.resume()
+
+
+def test_elections_keep_their_order_on_a_shared_dispatcher(redis_server: RedisServer, make: Make) -> None:
+    """Two elections on one shared 3-worker dispatcher: each one's callbacks run in order, on its workers.
+
+    Stopping an election does not stop the shared dispatcher.
+    """
+    shared = Dispatcher("tickerq-test-shared", workers=3)
+    calls: dict[str, list[tuple[str, object]]] = defaultdict(list)
+    threads: set[str] = set()
+
+    def record(name: str, kind: str) -> Callable[..., None]:
+        def callback(*args: object) -> None:
+            threads.add(threading.current_thread().name)
+            time.sleep(0.01)  # gives the other workers a chance to overtake, were order not kept
+            calls[name].append((kind, args[0]))
+
+        return callback
+
+    elections = [
+        make(
+            redis_server,
+            "a",
+            name=name,
+            dispatcher=shared,
+            on_elected=record(name, "elected"),
+            on_demoted=record(name, "demoted"),
+            on_new_leader=record(name, "new"),
+        )
+        for name in ("one", "two")
+    ]
+    for election in elections:
+        election.start()
+    wait_for(lambda: all(election.is_leader for election in elections))
+    for election in elections:
+        election.resign()
+    wait_for(lambda: all(len(calls[name]) >= 4 for name in ("one", "two")))
+    for election in elections:
+        election.stop()
+    for name in ("one", "two"):
+        assert [("new", "a"), ("elected", 1), ("demoted", 1), ("new", None)] == calls[name]
+    assert threads <= {f"tickerq-test-shared-{i}" for i in (1, 2, 3)}
+    assert 42 == shared.submit(lambda: 42).result(timeout=2)
+    shared.request_stop()
+    assert shared.wait_stopped(time.monotonic() + 1)
 
 
 # -- node processes --------------------------------------------------------------
@@ -843,6 +981,19 @@ def wait_for_new_leader(client: redis.Redis, old: str, timeout: float = LEASE + 
     return wait_for(lambda: holder(client) not in (None, old), timeout=timeout)
 
 
+def wait_for_renewals(client: redis.Redis, count: int) -> None:
+    """Wait until the lease was renewed ``count`` times: its TTL went back up (no sleeping a guess)."""
+    renewals, last = 0, client.pttl(LEASE_KEY)
+
+    def renewed() -> bool:
+        nonlocal renewals, last
+        ttl = client.pttl(LEASE_KEY)
+        renewals, last = renewals + (ttl > last), ttl
+        return renewals >= count
+
+    wait_until(renewed, timeout=5 * RETRY, interval=0.005)
+
+
 def samples(client: redis.Redis) -> list[str]:
     """The beliefs the nodes sampled (see ``check_beliefs``), in order."""
     return [str(sample) for sample in client.lrange("test:samples", 0, -1)]
@@ -909,7 +1060,7 @@ def test_sigkill_leader_new_leader_within_lease_plus_retry(
     nodes = cluster(3)
     for term in (1, 2):
         leader = wait_for_belief(redis_client, term)
-        time.sleep(0.4)  # let it renew a few times
+        wait_for_renewals(redis_client, 2)
         nodes.pop(leader).kill()
         assert wait_for_new_leader(redis_client, leader) < LEASE + RETRY + NOISE
     wait_for_belief(redis_client, 3)
@@ -937,7 +1088,7 @@ def test_at_most_one_node_believes_it_leads(cluster: Cluster, redis_client: redi
     nodes = cluster(5)
     for term, action in enumerate(("resign", "kill", "resign", "kill", "resign"), start=1):
         leader = wait_for_belief(redis_client, term)
-        time.sleep(0.2)
+        wait_for_renewals(redis_client, 1)
         if action == "kill":
             nodes.pop(leader).kill()
         else:

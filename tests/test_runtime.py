@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 
@@ -10,6 +12,7 @@ import pytest
 from tickerq._runtime.clock import ManualClock
 from tickerq._runtime.dispatcher import Dispatcher, DispatcherStoppedError
 from tickerq._runtime.service import Service
+from tickerq._runtime.strand import Strand
 from tickerq.errors import TickerQError
 
 
@@ -132,3 +135,118 @@ def test_dispatcher_refuses_work_while_stopping_and_cancels_the_queue() -> None:
     assert queued.cancelled()
     release.set()
     assert blocker.result(timeout=2)
+
+
+def test_forked_is_true_only_in_a_child_forked_after_start() -> None:
+    """Service.forked is False where the service started and True in a child forked since."""
+    service = Counter(None)
+    service.start()
+    assert not service.forked
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(write, f"{service.forked} {service.running}".encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        assert "True False" == pipe.read()
+    assert service.stop()
+
+
+def test_strand_keeps_order_on_a_dispatcher_of_several_workers() -> None:
+    """Two strands on one 4-worker dispatcher: each runs its callables in order, never two at once."""
+    dispatcher = Dispatcher(workers=4)
+    strands = [Strand(dispatcher, name) for name in ("a", "b")]
+    ran: dict[str, list[int]] = {"a": [], "b": []}
+    running: dict[str, int] = {"a": 0, "b": 0}
+    overlapped: list[str] = []
+
+    def step(name: str, i: int) -> int:
+        running[name] += 1
+        if running[name] > 1:
+            overlapped.append(name)
+        time.sleep(0.001)
+        ran[name].append(i)
+        running[name] -= 1
+        return i
+
+    futures = [strand.submit(step, strand.name, i) for i in range(50) for strand in strands]
+    assert sorted(list(range(50)) * 2) == sorted(f.result(timeout=5) for f in futures)
+    assert all(strand.wait_idle(time.monotonic() + 5) for strand in strands)
+    assert {"a": list(range(50)), "b": list(range(50))} == ran
+    assert [] == overlapped
+    dispatcher.request_stop()
+    assert dispatcher.wait_stopped(time.monotonic() + 1.0)
+
+
+def test_strand_logs_a_raising_callable_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    """A callable that raises is logged with its description; its future holds the error; the next runs."""
+    dispatcher = Dispatcher()
+    strand = Strand(dispatcher, "test")
+
+    def boom() -> None:
+        raise ValueError("bad callback")
+
+    with caplog.at_level(logging.ERROR, logger="tickerq._runtime.strand"):
+        failed = strand.submit(boom, description="the boom callback")
+        ok = strand.submit(lambda: 42)
+        assert 42 == ok.result(timeout=2)
+    with pytest.raises(ValueError, match="bad callback"):
+        failed.result()
+    assert ["the boom callback failed"] == [r.getMessage() for r in caplog.records]
+    dispatcher.request_stop()
+    assert dispatcher.wait_stopped(time.monotonic() + 1.0)
+
+
+def test_strand_wait_idle_waits_for_what_is_queued_but_not_from_inside() -> None:
+    """wait_idle() is False while a callable blocks past its deadline; True once all ran, and from inside."""
+    dispatcher = Dispatcher()
+    strand = Strand(dispatcher, "test")
+    release = threading.Event()
+    inside: list[bool] = []
+
+    def blocker() -> None:
+        inside.append(strand.running_here() and strand.wait_idle(time.monotonic()))
+        release.wait(5)
+
+    strand.submit(blocker)
+    after = strand.submit(lambda: "after")
+    assert not strand.running_here()
+    assert not strand.wait_idle(time.monotonic() + 0.05)
+    release.set()
+    assert strand.wait_idle(time.monotonic() + 2)
+    assert "after" == after.result(timeout=0)
+    assert [True] == inside
+    dispatcher.request_stop()
+    assert dispatcher.wait_stopped(time.monotonic() + 1.0)
+
+
+def test_strand_on_a_stopped_dispatcher_refuses_and_stays_usable() -> None:
+    """submit() on a stopping dispatcher raises a TickerQError; after start() the strand runs again."""
+    dispatcher = Dispatcher()
+    strand = Strand(dispatcher, "test")
+    dispatcher.request_stop()
+    with pytest.raises(DispatcherStoppedError):
+        strand.submit(lambda: None)
+    assert strand.wait_idle(time.monotonic())
+    assert dispatcher.wait_stopped(time.monotonic() + 1.0)
+    dispatcher.start()
+    assert "again" == strand.submit(lambda: "again").result(timeout=2)
+    dispatcher.request_stop()
+    assert dispatcher.wait_stopped(time.monotonic() + 1.0)
+
+
+def test_strand_work_queued_at_the_dispatchers_stop_deadline_is_cancelled() -> None:
+    """Strand work still queued at the dispatcher's stop deadline is cancelled; the strand is then idle."""
+    dispatcher = Dispatcher()
+    strand = Strand(dispatcher, "test")
+    release = threading.Event()
+    dispatcher.submit(release.wait, 5)  # the only worker is busy
+    first, second = strand.submit(lambda: 1), strand.submit(lambda: 2)
+    dispatcher.request_stop()
+    assert not dispatcher.wait_stopped(time.monotonic() + 0.05)
+    assert first.cancelled()
+    assert second.cancelled()
+    assert strand.wait_idle(time.monotonic())
+    release.set()

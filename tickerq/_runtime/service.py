@@ -112,6 +112,15 @@ class Service:
         """True once a stop was requested (iterations check it between steps)."""
         return self._stop.is_set()
 
+    @property
+    def forked(self) -> bool:
+        """True in a child forked since this service was built or last started.
+
+        Its thread, and any lock it held, are the parent's: a subclass checks
+        this before it touches state that thread shares.
+        """
+        return self._pid != os.getpid()
+
     # -- what subclasses implement -----------------------------------------
 
     def initialize(self) -> None:

@@ -1,49 +1,60 @@
-"""This node's leadership of one election: its term, its renew deadline and the deadline timer.
+"""This node's leadership of one election: its term, its renew deadline and the deadline watch.
 
-:mod:`tickerq.redis.election` decides when a leadership begins and ends; this
-module keeps the state other threads read (``term``) and ends a leadership at
-its renew deadline on a timer thread of its own, so that ``stop_event`` is set
-on time whatever the election thread is waiting on (a Redis call that hangs).
+:mod:`tickerq.redis.election_campaign` decides when a leadership begins and
+ends; this module keeps the state other threads read (``term``) and ends a
+leadership at its renew deadline on a service thread of its own, so that
+``stop_event`` is set on time whatever the campaign's thread is waiting on (a
+Redis call that hangs). Time comes from the election's clock.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-import time
 from collections.abc import Callable
+
+from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
+from tickerq._runtime.service import Service
 
 __all__ = ["Leadership"]
 
+log = logging.getLogger(__name__)
 
-class Leadership:
-    """The leadership state of one started election (a fresh one at every ``start()``).
 
-    Any thread may end the leadership; only the election thread begins or
-    extends one. ``on_begin`` and ``on_end`` are called on the thread that made
-    the change, under a lock that keeps every ``on_begin`` before the
-    ``on_end`` of the same leadership: they should only queue work (callbacks,
-    events), never run user code.
+class Leadership(Service):
+    """The leadership state of one started election, and its deadline watch (a :class:`Service`).
+
+    The watch, ``tickerq-election-{name}-deadline``, sleeps until the current
+    leadership's renew deadline (or until one begins) and ends it there. Any
+    thread may end a leadership; only the campaign's thread begins or extends
+    one. ``on_begin`` and ``on_end`` are called on the thread that made the
+    change, under a lock that keeps every ``on_begin`` before the ``on_end`` of
+    the same leadership: they should only queue work (callbacks, events),
+    never run user code.
 
     Args:
-        name: The election's name (for the timer thread's name).
+        name: The election's name (for the watch thread's name).
         renew_deadline: Seconds from sending the acquisition or renewal that
             succeeded until the leadership ends unless renewed.
-        stopped: Set when the election stops: no leadership begins after that.
+        stopping: True once the election stops: no leadership begins after that.
         on_begin: ``on_begin(term, stop_event)`` when a leadership begins.
         on_end: ``on_end(term, reason)`` when it ends.
+        clock: Where deadlines are read and the watch sleeps.
     """
 
     def __init__(
         self,
         name: str,
         renew_deadline: float,
-        stopped: threading.Event,
+        stopping: Callable[[], bool],
         on_begin: Callable[[int, threading.Event], None],
         on_end: Callable[[int, str], None],
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self._name = name
+        super().__init__(f"tickerq-election-{name}-deadline", clock=clock)
         self._renew_deadline = renew_deadline
-        self._stopped = stopped
+        self._election_stopping = stopping
         self._on_begin = on_begin
         self._on_end = on_end
         self._lock = threading.Lock()  # the state below; never held while user code runs
@@ -53,18 +64,15 @@ class Leadership:
         self._ended: threading.Event | None = None  # the current leadership's stop_event
         self._resign_pending = False
         self._release_pending = False
-        #: The deadline timer of the latest leadership; assigned by the election thread only,
-        #: so it is final once that thread has ended.
-        self.timer: threading.Thread | None = None
 
     @property
     def term(self) -> int | None:
         """The term while this node leads and its renew deadline has not passed, else None."""
         with self._lock:
-            return self._term if time.monotonic() < self._deadline else None
+            return self._term if self.clock.monotonic() < self._deadline else None
 
     def current(self) -> tuple[int | None, float]:
-        """The term (None when not leading) and its renew deadline (monotonic)."""
+        """The term (None when not leading) and its renew deadline (on the clock)."""
         with self._lock:
             return self._term, self._deadline
 
@@ -80,25 +88,21 @@ class Leadership:
             return resigning, releasing, self._term is not None
 
     def begin(self, term: int, sent: float) -> bool:
-        """Begin leading ``term``, acquired by a request sent at ``sent`` (monotonic).
+        """Begin leading ``term``, acquired by a request sent at ``sent`` (on the clock).
 
-        Refused (False) when the election stopped, a resignation is pending,
-        or the renew deadline counted from ``sent`` has already passed.
-        Starts the deadline timer.
+        Refused (False) when the election stops, a resignation is pending, or
+        the renew deadline counted from ``sent`` has already passed. Wakes the
+        deadline watch.
         """
         with self._transition:
             with self._lock:
-                refused = self._stopped.is_set() or self._resign_pending
-                if refused or time.monotonic() >= sent + self._renew_deadline:
+                refused = self._election_stopping() or self._resign_pending
+                if refused or self.clock.monotonic() >= sent + self._renew_deadline:
                     return False
                 ended = threading.Event()
                 self._term, self._deadline, self._ended = term, sent + self._renew_deadline, ended
             self._on_begin(term, ended)
-        timer = threading.Thread(
-            target=self._expire, args=(ended,), name=f"tickerq-election-{self._name}-deadline", daemon=True
-        )
-        self.timer = timer
-        timer.start()
+        self.wake()
         return True
 
     def extend(self, term: int, sent: float) -> bool:
@@ -108,7 +112,7 @@ class Leadership:
         (``is_leader`` was already False): the caller then ends it.
         """
         with self._lock:
-            if self._term == term and time.monotonic() < self._deadline:
+            if self._term == term and self.clock.monotonic() < self._deadline:
                 self._deadline = sent + self._renew_deadline
                 return True
             return False
@@ -116,9 +120,9 @@ class Leadership:
     def end(self, reason: str, leadership: threading.Event | None = None, *, resign: bool = False) -> None:
         """End the leadership (only ``leadership``, if given), if any; from any thread, acts once.
 
-        With ``resign``, the election thread is also asked to release the
-        lease and step back, decided under the same lock so that no
-        acquisition in flight begins a leadership meanwhile.
+        With ``resign``, the campaign is also asked to release the lease and
+        step back, decided under the same lock so that no acquisition in
+        flight begins a leadership meanwhile.
         """
         with self._transition:
             with self._lock:
@@ -132,17 +136,24 @@ class Leadership:
             ended.set()
             self._on_end(term, reason)
 
-    def _expire(self, ended: threading.Event) -> None:
-        """The deadline timer: ends the leadership that ``ended`` belongs to at its renew deadline.
+    # -- the deadline watch -------------------------------------------------------
+
+    def run_once(self) -> float | None:
+        """End the leadership whose renew deadline passed; else sleep until that deadline.
 
         The deadline only moves later, so waking early just means waiting again.
         """
-        while True:
-            with self._lock:
-                if self._ended is not ended:
-                    return
-                remaining = self._deadline - time.monotonic()
-            if remaining <= 0:
-                self.end("renew deadline passed", ended)
-                return
-            ended.wait(remaining)
+        with self._lock:
+            ended = self._ended
+            if ended is None:
+                return None  # not leading: begin() wakes us
+            remaining = self._deadline - self.clock.monotonic()
+        if remaining > 0:
+            return remaining
+        self.end("renew deadline passed", ended)
+        return None
+
+    def failed(self, exc: Exception) -> float | None:
+        """Log and look again soon: a deadline must not wait out a long back-off."""
+        log.exception("%s: deadline check failed; retrying", self.name, exc_info=exc)
+        return 0.05
