@@ -41,6 +41,7 @@ from _common import (
     script_stats,
 )
 
+from tickerq._runtime.dispatcher import Dispatcher
 from tickerq.events import EventHub
 from tickerq.redis.heartbeat import HeartbeatService
 from tickerq.redis.keys import Keys
@@ -83,8 +84,10 @@ def simulate(
     if not cold:
         cluster.register(admin)
     services = []
+    dispatcher = Dispatcher("bench-callbacks")  # one for all: handlers and events run there
     for node in cluster.live:
-        service = HeartbeatService(NodeRegistry(client, KEYS, node, HEARTBEAT_TTL), INTERVAL, EventHub())
+        registry = NodeRegistry(client, KEYS, node, HEARTBEAT_TTL)
+        service = HeartbeatService(registry, INTERVAL, EventHub(), dispatcher=dispatcher)
         service.add_dead_node_handler(lambda _node: None)
         services.append(service)
     random.Random(n).shuffle(services)
@@ -103,6 +106,8 @@ def simulate(
         start = time.perf_counter()
         for service in services:
             service.tick()
+        if not dispatcher.wait_idle(30):  # the scanner's dead-node handling, off the heartbeat thread
+            fail(f"N={n}: the dead-node handling did not finish within 30 s")
         wall_s = time.perf_counter() - start
         round_trips = counter.count - before
         scripts, usec, inner = script_stats(admin)

@@ -52,6 +52,7 @@ from _common import (
     time_calls,
 )
 
+from tickerq._runtime.dispatcher import Dispatcher
 from tickerq.events import EventHub
 from tickerq.redis.entry import FIELDS, NOT_SET
 from tickerq.redis.heartbeat import HeartbeatService
@@ -73,10 +74,23 @@ class Row:
     timing: Timing
 
 
+#: Where the services run dead-node handlers (and remove the handled nodes); a tick
+#: is measured until its dispatched handling is done too.
+DISPATCHER = Dispatcher("bench-callbacks")
+
+
 def _service(client: redis.Redis, node: str) -> HeartbeatService:
-    service = HeartbeatService(NodeRegistry(client, KEYS, node, HEARTBEAT_TTL), INTERVAL, EventHub())
+    registry = NodeRegistry(client, KEYS, node, HEARTBEAT_TTL)
+    service = HeartbeatService(registry, INTERVAL, EventHub(), dispatcher=DISPATCHER)
     service.add_dead_node_handler(lambda _node: None)  # succeeds, so the scan removes the dead nodes
     return service
+
+
+def tick(service: HeartbeatService) -> None:
+    """One tick, and the handling of the dead nodes it found (on the dispatcher)."""
+    service.tick()
+    if not DISPATCHER.wait_idle(10):
+        fail("the dead-node handling of a tick did not finish within 10 s")
 
 
 def measure(
@@ -103,7 +117,7 @@ def measure(
     rows: list[Row] = []
 
     def plain_tick() -> None:
-        service.tick()
+        tick(service)
         if service.last_beat is None or service.last_beat.dead is not None:
             fail(f"N={n}: a tick scanned although another node held the lease")
 
@@ -116,7 +130,7 @@ def measure(
             cluster.restore(admin)  # the previous scan removed the dead nodes
 
     def scan_tick() -> None:
-        service.tick()
+        tick(service)
         beat = service.last_beat
         if beat is None or beat.dead is None or len(beat.dead) != expected_dead:
             fail(f"N={n}: the scanning tick reported {beat!r}, expected {expected_dead} dead")
@@ -143,7 +157,7 @@ def measure(
         joined.append(node)
 
     def join() -> None:
-        joiner[0].tick()
+        tick(joiner[0])
         beat = joiner[0].last_beat
         if beat is None or not beat.registered:
             fail(f"N={n}: a new node's first beat did not register it")

@@ -250,3 +250,19 @@ def test_strand_work_queued_at_the_dispatchers_stop_deadline_is_cancelled() -> N
     assert second.cancelled()
     assert strand.wait_idle(time.monotonic())
     release.set()
+
+
+def test_dispatcher_wait_idle_waits_for_everything_submitted() -> None:
+    """wait_idle() returns once every submitted callable has run, and times out while one blocks."""
+    dispatcher = Dispatcher(workers=2)
+    release = threading.Event()
+    done: list[int] = []
+    dispatcher.submit(release.wait, 5)
+    for i in range(5):
+        dispatcher.submit(done.append, i)
+    assert not dispatcher.wait_idle(0.05)
+    release.set()
+    assert dispatcher.wait_idle(2)
+    assert [0, 1, 2, 3, 4] == sorted(done)
+    dispatcher.request_stop()
+    assert dispatcher.wait_stopped(time.monotonic() + 1.0)

@@ -57,6 +57,8 @@ class Dispatcher:
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self._pid = os.getpid()
+        self._idle = threading.Condition()
+        self._unfinished = 0  # submitted and not yet run (or cancelled)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, description: str = "", **kwargs: Any) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` on a worker.
@@ -76,8 +78,26 @@ class Dispatcher:
             if self._stopping:
                 raise DispatcherStoppedError(f"{self.name} is stopping: {description or fn!r} was not run")
             self._ensure_workers()
+            with self._idle:
+                self._unfinished += 1
+            future.add_done_callback(self._finished)
             self._queue.put((future, fn, args, kwargs, description))
         return future
+
+    def _finished(self, _future: Future[Any]) -> None:
+        with self._idle:
+            self._unfinished -= 1
+            if not self._unfinished:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far has run (or was cancelled).
+
+        Returns:
+            True when idle; False when ``timeout`` seconds passed first.
+        """
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._unfinished, timeout)
 
     def _ensure_workers(self) -> None:
         if self._pid != os.getpid():  # forked: the parent's workers and queue are not ours
