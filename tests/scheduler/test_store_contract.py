@@ -502,6 +502,16 @@ def test_released_job_with_cancel_requested_is_cancelled(harness: Harness) -> No
     assert TickerStatus.CANCELLED == store.get_job("a").status  # type: ignore[union-attr]
 
 
+def test_skipped_outcome_finishes_the_job_as_skipped(harness: Harness) -> None:
+    """A SKIPPED outcome (a missed cron occurrence) finishes the job as SKIPPED and frees the claim."""
+    store = harness.store
+    store.add_jobs([job("a")])
+    claim = claim_all(store)[0]
+    assert [True] == store.finish([outcome(claim, OutcomeKind.SKIPPED)])
+    assert TickerStatus.SKIPPED == store.get_job("a").status  # type: ignore[union-attr]
+    assert 0 == store.claim_due("n1", [F], 0).held
+
+
 def test_release_node_keeps_only_the_claims_given_with_their_fence(harness: Harness) -> None:
     """release_node(keep=...) hands back the node's other claims; a kept id needs its current fence."""
     store = harness.store

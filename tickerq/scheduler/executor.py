@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -274,11 +274,33 @@ class SchedulerService(Service):
                 # A claim whose reply we never got (or a retried one) holds jobs for us.
                 self._claims_uncertain = True
             if batch.claims:
-                self._start(list(batch.claims))
+                self._start(self._skip_missed(batch.claims, batch.now_ms))
         except Exception:
             self._claims_uncertain = True  # the store may have claimed (or started) and lost the reply
             raise
         return batch.next_due_ms, batch.now_ms, read_at
+
+    def _skip_missed(self, claims: Sequence[Claim], now_ms: int) -> list[Claim]:
+        """Claimed cron occurrences missed in downtime are reported SKIPPED (the policy's call)."""
+        if not self.crons.functions:
+            return list(claims)
+        run: list[Claim] = []
+        for claim in claims:
+            if claim.job.cron_id is not None and self.crons.superseded(claim.job, now_ms):
+                log.warning(
+                    "cron %s (%s): occurrence %s missed by more than %.0f s: skipped",
+                    claim.job.cron_id,
+                    claim.job.function,
+                    claim.job.id,
+                    self.crons.threshold_ms / 1000,
+                )
+                with self._lock:
+                    self._outcomes.append(
+                        Outcome(job_id=claim.job.id, fence=claim.fence, kind=OutcomeKind.SKIPPED)
+                    )
+            else:
+                run.append(claim)
+        return run
 
     def _start(self, claims: list[Claim]) -> None:
         if self.stopping:  # claimed while asked to stop: hand them straight back

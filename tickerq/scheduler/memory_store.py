@@ -313,6 +313,9 @@ class MemoryJobStore:
                 if kind is OutcomeKind.DONE:
                     self._unhold(job)
                     self._close(job, TickerStatus.DONE, now, retention_ms, **changes)
+                elif kind is OutcomeKind.SKIPPED:
+                    self._unhold(job)
+                    self._close(job, TickerStatus.SKIPPED, now, retention_ms, **changes)
                 elif kind is OutcomeKind.CANCELLED or (kind is OutcomeKind.FAILED and job.cancel_requested):
                     self._unhold(job)
                     self._close(job, TickerStatus.CANCELLED, now, retention_ms, **changes)

@@ -161,6 +161,7 @@ class OutcomeKind(enum.Enum):
     FAILED = "failed"  #: retried if retries are left, else FAILED
     CANCELLED = "cancelled"
     HANDED_BACK = "handed_back"  #: not finished (shutdown): IDLE again, is_rerun set, due now
+    SKIPPED = "skipped"  #: a cron occurrence not run: missed by more than the threshold (downtime)
 
 
 @attrs.frozen(kw_only=True)

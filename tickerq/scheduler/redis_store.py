@@ -95,6 +95,7 @@ _KINDS = {
     OutcomeKind.FAILED: "F",
     OutcomeKind.CANCELLED: "C",
     OutcomeKind.HANDED_BACK: "H",
+    OutcomeKind.SKIPPED: "S",
 }
 
 

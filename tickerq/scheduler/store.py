@@ -132,7 +132,7 @@ class JobStore(Protocol):
     def finish(self, outcomes: Sequence[Outcome], retention: timedelta | None = None) -> list[bool]:
         """Record how attempts ended (one round trip for the batch).
 
-        DONE and CANCELLED finish the job; FAILED schedules a retry when one
+        DONE, CANCELLED and SKIPPED finish the job; FAILED schedules a retry when one
         is left (IDLE, due after the next retry interval; no intervals: due
         now) else finishes it; HANDED_BACK makes it IDLE and due now, with
         ``is_rerun`` when it had started. A finished job is deleted
