@@ -21,6 +21,7 @@ from tickerq import (
     FunctionRegistry,
     NodeHeartbeat,
     TickerFunctionContext,
+    TickerQError,
     TickerStatus,
     ticker_function,
 )
@@ -196,3 +197,47 @@ def test_catch_up_after_whole_cluster_downtime_is_bounded(
     ]
     assert 1 <= len(not_run) <= cron.skipped_count
     assert any("were skipped" in record.getMessage() for record in caplog.records)
+
+
+def test_job_for_a_function_no_live_node_has_stays_pending(registry: FunctionRegistry, node: Node) -> None:
+    """On Redis, a job for a function no running node has stays IDLE and visible while others run."""
+    ticker_function("Deployed", registry=registry)(lambda context: None)
+    node("worker")
+    _, producer = node("producer", init=False)
+    pending = producer.schedule("NotDeployedYet")
+    done = producer.schedule("Deployed")
+    wait_until(lambda: status(producer, done) is TickerStatus.DONE, 5)
+    time.sleep(0.3)
+    record = producer.get(pending)
+    assert record is not None
+    assert (TickerStatus.IDLE, None) == (record.status, record.node)
+
+
+@pytest.mark.slow
+def test_redis_data_loss_loses_pending_jobs_but_nodes_keep_working(
+    registry: FunctionRegistry, node: Node, fault_server: RedisServer
+) -> None:
+    """A restart without persistence loses pending jobs; running ones finish; new jobs run exactly once."""
+    runs: Counter[str] = Counter()
+    gate = threading.Event()
+    ticker_function("Wait", registry=registry)(lambda context: gate.wait(10))
+    ticker_function("Count", registry=registry)(lambda context: runs.update([context.job_id]))
+    node("worker", address=fault_server.address)
+    _, producer = node("producer", init=False, address=fault_server.address)
+    running = producer.schedule("Wait")
+    pending = producer.schedule("Count", at=timedelta(hours=1))
+    wait_until(lambda: status(producer, running) is TickerStatus.IN_PROGRESS, 5)
+    fault_server.restart()  # no persistence: every key is gone
+    gate.set()
+    after = wait_until(lambda: _try_schedule(producer, "Count"), 5)
+    wait_until(lambda: runs[str(after)] == 1, 10)
+    time.sleep(0.5)
+    assert (None, None) == (producer.get(pending), producer.get(running))
+    assert Counter({str(after): 1}) == runs
+
+
+def _try_schedule(manager: object, function: str) -> str | None:
+    try:
+        return manager.schedule(function)  # type: ignore[attr-defined, no-any-return]
+    except TickerQError:  # Redis still coming back
+        return None
