@@ -7,7 +7,8 @@ through at once; the replies the server sends back can be:
   round trip takes ``reply_delay`` more);
 * held back and delivered later (:meth:`FaultProxy.hold_replies`,
   :meth:`FaultProxy.pass_replies`);
-* lost, with that connection cut (:meth:`FaultProxy.drop_next_reply`).
+* lost, with that connection cut (:meth:`FaultProxy.drop_next_reply`, or
+  :meth:`FaultProxy.drop_reply_containing` for the reply to one particular call).
 
 The server runs every request it receives: these are faults after the request went
 through, which a paused or stopped server cannot produce.
@@ -35,6 +36,8 @@ class FaultProxy:
         self._upstream = (upstream_host, upstream_port)
         self._reply_delay = reply_delay
         self._drop = threading.Event()
+        self._drop_marker: bytes | None = None
+        self.dropped = 0  #: how many replies were lost so far
         self._flowing = threading.Event()
         self._flowing.set()
         self._guard = threading.Lock()
@@ -53,6 +56,22 @@ class FaultProxy:
     def drop_next_reply(self) -> None:
         """Lose the next reply the server sends through the proxy, and cut its connection."""
         self._drop.set()
+
+    def drop_reply_containing(self, marker: bytes) -> None:
+        """Lose the next reply whose bytes contain ``marker``, and cut its connection."""
+        with self._guard:
+            self._drop_marker = marker
+
+    def _lose(self, data: bytes) -> bool:
+        with self._guard:
+            if self._drop.is_set():
+                self._drop.clear()
+            elif self._drop_marker is not None and self._drop_marker in data:
+                self._drop_marker = None
+            else:
+                return False
+            self.dropped += 1
+            return True
 
     def hold_replies(self) -> None:
         """Keep the replies the server sends from now on until :meth:`pass_replies`."""
@@ -133,8 +152,7 @@ class FaultProxy:
         """Queue each chunk the server sends with the time it is due; an empty chunk ends the stream."""
         with contextlib.suppress(OSError):
             while data := upstream.recv(CHUNK):
-                if self._drop.is_set():
-                    self._drop.clear()
+                if self._lose(data):
                     break  # lost: what came before is delivered, then the connection is cut
                 outbox.put((time.monotonic() + self._reply_delay, data))
         outbox.put((time.monotonic() + self._reply_delay, b""))

@@ -4,7 +4,8 @@ Usage: python tests/scheduler_node.py CONFIGURATION NODE_ID INTERVAL GRACE
 
 Environment: ``TICKERQ_TEST_CLOCK_OFFSET`` (seconds) shifts this node's wall
 clock, to show that nothing depends on it; ``TICKERQ_TEST_MAX_CONCURRENCY``
-sets ``max_concurrency``.
+sets ``max_concurrency``; ``TICKERQ_TEST_RUN_LOG`` is the file where ``Record``
+appends its runs (a file, not Redis: it works while Redis is down).
 
 Its ticker functions record what they do in Redis (under ``test:``), with
 Redis ``TIME`` where times are compared across nodes. Prints "ready" once
@@ -59,6 +60,18 @@ def slow(context: TickerFunctionContext) -> None:
     client.rpush(f"test:starts:{context.job_id}", f"{context.node}|{int(context.is_rerun)}")
     context.cancelled.wait(float(context.request))
     client.rpush(f"test:ends:{context.job_id}", context.node)
+
+
+@ticker_function("Record", registry=functions)
+def record(context: TickerFunctionContext) -> None:
+    """Works for ``request`` seconds, then appends ``job_id|node|is_rerun`` to the run log."""
+    context.cancelled.wait(float(context.request or 0))
+    line = f"{context.job_id}|{context.node}|{int(context.is_rerun)}\n".encode()
+    fd = os.open(os.environ["TICKERQ_TEST_RUN_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, line)  # one write with O_APPEND: lines of several processes never mix
+    finally:
+        os.close(fd)
 
 
 @ticker_function("Settle", cluster_concurrency=1, registry=functions)

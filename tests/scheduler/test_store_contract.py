@@ -502,6 +502,68 @@ def test_released_job_with_cancel_requested_is_cancelled(harness: Harness) -> No
     assert TickerStatus.CANCELLED == store.get_job("a").status  # type: ignore[union-attr]
 
 
+def test_skipped_outcome_finishes_the_job_as_skipped(harness: Harness) -> None:
+    """A SKIPPED outcome (a missed cron occurrence) finishes the job as SKIPPED and frees the claim."""
+    store = harness.store
+    store.add_jobs([job("a")])
+    claim = claim_all(store)[0]
+    assert [True] == store.finish([outcome(claim, OutcomeKind.SKIPPED)])
+    assert TickerStatus.SKIPPED == store.get_job("a").status  # type: ignore[union-attr]
+    assert 0 == store.claim_due("n1", [F], 0).held
+
+
+def test_release_node_keeps_only_the_claims_given_with_their_fence(harness: Harness) -> None:
+    """release_node(keep=...) hands back the node's other claims; a kept id needs its current fence."""
+    store = harness.store
+    store.add_jobs([job("a"), job("b"), job("c")])
+    claims = {claim.job.id: claim for claim in claim_all(store, "live")}
+    store.start([("a", claims["a"].fence)])
+    other = store.add_jobs([job("x")]) and claim_all(store, "other")[0]
+    keep = [("a", claims["a"].fence), ("b", claims["b"].fence + 1000)]
+    assert ["b", "c"] == sorted(store.release_node("live", keep=keep))
+    kept = store.get_job("a")
+    assert kept is not None
+    assert (TickerStatus.IN_PROGRESS, "live") == (kept.status, kept.node)
+    for job_id in ("b", "c"):
+        record = store.get_job(job_id)
+        assert record is not None
+        assert (TickerStatus.IDLE, False) == (record.status, record.is_rerun)
+    assert TickerStatus.QUEUED == store.get_job(other.job.id).status  # type: ignore[union-attr]
+    assert [] == store.release_node("live", keep=keep[:1])
+    assert [True] == store.finish([outcome(claims["a"], OutcomeKind.DONE)])
+    assert {"b", "c"} == {claim.job.id for claim in claim_all(store, "live")}
+
+
+def test_claim_reports_how_many_claims_the_node_holds(harness: Harness) -> None:
+    """ClaimBatch.held counts the node's claims after the call, earlier ones included."""
+    store = harness.store
+    store.add_jobs([job(f"j{i}") for i in range(5)])
+    assert 2 == store.claim_due("n1", [F], 2).held
+    finished = store.claim_due("n1", [F], 1)
+    assert 3 == finished.held
+    store.finish([outcome(finished.claims[0], OutcomeKind.DONE)])
+    assert 1 == store.claim_due("n2", [F], 1).held
+    assert 3 == store.claim_due("n1", [F], 1).held
+    store.release_node("n1")
+    assert 0 == store.claim_due("n1", [F], 0).held
+
+
+@pytest.mark.slow
+def test_release_node_hands_back_thousands_of_claims(harness: Harness) -> None:
+    """A dead node's 1,200 claims (more than one release step) are all handed back, once."""
+    store = harness.store
+    store.add_jobs([job(f"j{i:04}") for i in range(1_200)])
+    claims = claim_all(store, "dead") + claim_all(store, "dead")
+    assert 1_200 == len(claims)
+    store.start([(claim.job.id, claim.fence) for claim in claims[:600]])
+    released = store.release_node("dead")
+    assert sorted(f"j{i:04}" for i in range(1_200)) == released
+    assert [] == harness.stores[1].release_node("dead")
+    reclaimed = store.claim_due("alive", [attrs.evolve(F, free_slots=2_000)], 2_000).claims
+    assert 1_200 == len(reclaimed)
+    assert 600 == sum(claim.job.is_rerun for claim in reclaimed)
+
+
 # -- crons ----------------------------------------------------------------------
 
 

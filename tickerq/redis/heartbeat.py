@@ -10,6 +10,10 @@ once: handlers must be idempotent.
 The first beat, written by :meth:`HeartbeatService.start` (or, when Redis is down
 then, the first that succeeds, retried every ``retry_interval``), never scans:
 handlers registered right after start-up still see the nodes that died before it.
+Nor do the first beats after a failed one: when Redis was down (or restarted)
+for longer than the heartbeat TTL, every node's heartbeat expired meanwhile, and
+the first node back must not declare the others dead (and hand their running jobs
+to someone else) before they had ``QUIET_BEATS_AFTER_OUTAGE`` intervals to beat again.
 
 The handlers get tickerq's own dead nodes only (their work is in tickerq's store), also
 those a TickerQ .NET node already removed from the registry. A dead .NET node is left to the
@@ -48,6 +52,9 @@ DeadNodeHandler = Callable[[str], object]
 #: The scan lease is a bit shorter than the interval, so that the first node
 #: to beat in each interval finds it free.
 _SCAN_LEASE_FRACTION = 0.8
+
+#: Beats after a failed one that do not scan (the other nodes are reconnecting too).
+QUIET_BEATS_AFTER_OUTAGE = 2
 
 #: How long stop() lets a tick in flight finish before it interrupts it.
 _GRACEFUL_STOP = 0.05
@@ -276,9 +283,13 @@ class HeartbeatService:
         # ``stop`` is this thread's own event: a later start() gets a new one. The first
         # beat that succeeds does not scan, also when it is not start()'s (module docstring).
         answered = beaten
+        quiet = 0 if beaten else 1  # successful beats to make before the next scan
         while not stop.wait(self.interval if answered else self.retry_interval):
-            answered = self.tick(scan=beaten)
-            beaten = beaten or answered
+            answered = self.tick(scan=quiet == 0)
+            if not answered:
+                quiet = max(quiet, QUIET_BEATS_AFTER_OUTAGE)
+            elif quiet:
+                quiet -= 1
             if self._refused is not None:
                 return
 

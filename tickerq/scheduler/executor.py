@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,8 +59,14 @@ log = logging.getLogger(__name__)
 #: How often running jobs are checked for cancel requests (one round trip).
 CANCEL_POLL = 0.5
 
-#: How often finished jobs past retention are dropped.
+#: How often finished jobs past retention are dropped (more often when retention is shorter).
 EXPIRE_EVERY = 60.0
+
+#: Index entries one ``expire_finished`` call drops; a full batch is followed by another.
+EXPIRE_BATCH = 1000
+
+#: At most this many ``expire_finished`` calls per loop iteration; the rest wait for the next.
+_EXPIRE_CALLS = 10
 
 #: Longest exception message stored with a job.
 _MESSAGE_LIMIT = 2_000
@@ -119,7 +125,7 @@ class SchedulerService(Service):
         self._running: dict[str, _Running] = {}
         self._outcomes: list[Outcome] = []
         self._prepared = False
-        self._claims_uncertain = False  # a claim's reply was lost: it may hold jobs we do not know
+        self._claims_uncertain = False  # the store may hold claims of ours we do not know (lost reply)
         self._next_cron_ms = 0
         self._next_cancel_poll = 0.0
         self._next_expire = 0.0
@@ -150,8 +156,8 @@ class SchedulerService(Service):
         if not self._prepared:
             self._prepare()
         self._report()
-        if self._claims_uncertain and not self._running:
-            self._release_own("a claim whose reply was lost")
+        if self._claims_uncertain:
+            self._release_unknown()
         read_at = self.clock.monotonic()
         now_ms = self.store.now_ms() if self.crons.functions and self._crons_due() else None
         if now_ms is not None:
@@ -176,11 +182,29 @@ class SchedulerService(Service):
         self._prepared = True
 
     def _release_own(self, why: str) -> None:
-        """Hand back every claim the store holds for this node (only while it runs nothing)."""
+        """Hand back every claim the store holds for this node (before it runs anything)."""
         released = self.store.release_node(self.node_id)
-        self._claims_uncertain = False
         if released:
             log.info("node %s: handed back %d claim(s) of %s", self.node_id, len(released), why)
+
+    def _known_claims(self) -> dict[str, int]:
+        """The claims this node knows it holds: running, or ended but not reported yet."""
+        with self._lock:
+            known = {job_id: entry.claim.fence for job_id, entry in self._running.items()}
+            known.update((outcome.job_id, outcome.fence) for outcome in self._outcomes)
+        return known
+
+    def _release_unknown(self) -> None:
+        """Hand back the claims the store holds for us that we do not know (a lost reply)."""
+        released = self.store.release_node(self.node_id, keep=list(self._known_claims().items()))
+        self._claims_uncertain = False
+        if released:
+            log.warning(
+                "node %s: handed back %d claim(s) whose claim reply was lost: %s",
+                self.node_id,
+                len(released),
+                ", ".join(released),
+            )
 
     def _sync_code_crons(self) -> None:
         now = self.store.now_ms()
@@ -242,15 +266,41 @@ class SchedulerService(Service):
         if free <= 0 or not limits or self.stopping:
             return None, now_ms, read_at  # a worker finishing wakes us
         read_at = self.clock.monotonic()
+        known = len(self._known_claims())
         try:
             batch = self.store.claim_due(self.node_id, limits, free)
+            self._last_store_ms, self._last_read_at = batch.now_ms, read_at
+            if batch.held > known + len(batch.claims):
+                # A claim whose reply we never got (or a retried one) holds jobs for us.
+                self._claims_uncertain = True
+            if batch.claims:
+                self._start(self._skip_missed(batch.claims, batch.now_ms))
         except Exception:
-            self._claims_uncertain = True  # it may have claimed in Redis and lost the reply
+            self._claims_uncertain = True  # the store may have claimed (or started) and lost the reply
             raise
-        self._last_store_ms, self._last_read_at = batch.now_ms, read_at
-        if batch.claims:
-            self._start(list(batch.claims))
         return batch.next_due_ms, batch.now_ms, read_at
+
+    def _skip_missed(self, claims: Sequence[Claim], now_ms: int) -> list[Claim]:
+        """Claimed cron occurrences missed in downtime are reported SKIPPED (the policy's call)."""
+        if not self.crons.functions:
+            return list(claims)
+        run: list[Claim] = []
+        for claim in claims:
+            if claim.job.cron_id is not None and self.crons.superseded(claim.job, now_ms):
+                log.warning(
+                    "cron %s (%s): occurrence %s missed by more than %.0f s: skipped",
+                    claim.job.cron_id,
+                    claim.job.function,
+                    claim.job.id,
+                    self.crons.threshold_ms / 1000,
+                )
+                with self._lock:
+                    self._outcomes.append(
+                        Outcome(job_id=claim.job.id, fence=claim.fence, kind=OutcomeKind.SKIPPED)
+                    )
+            else:
+                run.append(claim)
+        return run
 
     def _start(self, claims: list[Claim]) -> None:
         if self.stopping:  # claimed while asked to stop: hand them straight back
@@ -301,8 +351,12 @@ class SchedulerService(Service):
                 if entry is not None:
                     entry.context.cancelled.set()
         if now >= self._next_expire:
-            self._next_expire = now + EXPIRE_EVERY
-            self.store.expire_finished()
+            self._next_expire = now + min(EXPIRE_EVERY, self.options.job_retention.total_seconds())
+            for _ in range(_EXPIRE_CALLS):  # keep up with any finishing rate, a bounded step at a time
+                if self.store.expire_finished(EXPIRE_BATCH) < EXPIRE_BATCH:
+                    break
+            else:
+                self._next_expire = now  # more is past retention: go on next iteration
 
     def _delay(self, next_due_ms: int | None, now_ms: int | None, read_at: float) -> float:
         delays = [self.options.poll_interval.total_seconds()]

@@ -8,7 +8,10 @@ safe when several nodes do it at once: each occurrence exists once.
 Occurrences more than ``threshold`` in the past (the cluster was down, or no
 node had the function) are *missed*: at most one of them runs (the latest,
 ``run_once``) or none (``skip``); the rest are counted on the cron as skipped
-and logged once, never replayed one by one.
+and logged once, never replayed one by one. Occurrences stored ahead of time
+(``LOOKAHEAD_MS``) before the cluster went down are missed too: a node that
+claims one finds it :meth:`CronMaterializer.superseded` and marks it SKIPPED,
+unless it is the one to run.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from datetime import timedelta
 import attrs
 
 from tickerq.scheduler.cron import CronSchedule, resolve_time_zone
-from tickerq.scheduler.model import CronRecord
+from tickerq.scheduler.model import CronRecord, JobRecord
 from tickerq.scheduler.store import JobStore
 
 __all__ = ["LOOKAHEAD_MS", "CronMaterializer"]
@@ -77,6 +80,25 @@ class CronMaterializer:
         ]
         return min([self._refresh_at, *upcoming])
 
+    def superseded(self, job: JobRecord, now_ms: int) -> bool:
+        """Whether a claimed cron occurrence was missed and must be SKIPPED, not run.
+
+        An occurrence more than the threshold late is missed: with ``skip`` it
+        never runs; with ``run_once`` it runs only when no later occurrence of its
+        cron was missed too (the latest missed one runs, on whichever node claims
+        it). Retries, re-runs and ``run_now`` occurrences always run.
+        """
+        occurrence = occurrence_ms(job)
+        boundary = now_ms - self.threshold_ms
+        if occurrence is None or occurrence > boundary:
+            return False
+        if self.policy != "run_once":
+            return True
+        cron = self._crons.get(job.cron_id or "") or self.store.get_cron(job.cron_id or "")
+        if cron is None:
+            return False  # removed meanwhile: nothing later will run, so this one does
+        return self._schedule(cron).last_between(occurrence, boundary) is not None
+
     def forget(self) -> None:
         """Read the cron list again on the next run (a cron was added or changed)."""
         self._refresh_at = 0
@@ -131,6 +153,15 @@ class CronMaterializer:
                     "the latest one runs now" if occurrence is not None else "none runs",
                 )
             self._crons[cron_id] = _advanced(cron, new_next, skipped)
+
+
+def occurrence_ms(job: JobRecord) -> int | None:
+    """A scheduled cron occurrence's own time (its id ends in ``@ms``); None for
+    other jobs, retries, re-runs and ``run_now`` occurrences (``@ms.n``)."""
+    if job.cron_id is None or job.retry_count or job.is_rerun:
+        return None
+    suffix = job.id.rpartition("@")[2]
+    return int(suffix) if suffix.isdigit() else None
 
 
 def _advanced(cron: CronRecord, next_ms: int, skipped: int) -> CronRecord:

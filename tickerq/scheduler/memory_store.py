@@ -17,7 +17,7 @@ import bisect
 import heapq
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -264,7 +264,10 @@ class MemoryJobStore:
                 cluster_room = limits.cluster_concurrency is None or len(running) < limits.cluster_concurrency
                 if entries and limits.free_slots > taken and cluster_room:
                     next_due = entries[0][0] if next_due is None else min(next_due, entries[0][0])
-        return ClaimBatch(claims=tuple(claims), skipped=tuple(skipped), next_due_ms=next_due, now_ms=now)
+            held = len(self._claims.get(node, ()))
+        return ClaimBatch(
+            claims=tuple(claims), skipped=tuple(skipped), next_due_ms=next_due, now_ms=now, held=held
+        )
 
     def start(self, claims: Sequence[tuple[str, int]], started_ms: int | None = None) -> list[bool]:
         """See :meth:`JobStore.start`."""
@@ -310,6 +313,9 @@ class MemoryJobStore:
                 if kind is OutcomeKind.DONE:
                     self._unhold(job)
                     self._close(job, TickerStatus.DONE, now, retention_ms, **changes)
+                elif kind is OutcomeKind.SKIPPED:
+                    self._unhold(job)
+                    self._close(job, TickerStatus.SKIPPED, now, retention_ms, **changes)
                 elif kind is OutcomeKind.CANCELLED or (kind is OutcomeKind.FAILED and job.cancel_requested):
                     self._unhold(job)
                     self._close(job, TickerStatus.CANCELLED, now, retention_ms, **changes)
@@ -339,17 +345,21 @@ class MemoryJobStore:
             now = self.now_ms()
             return {job_id for job_id in job_ids if (job := self._live(job_id, now)) and job.cancel_requested}
 
-    def release_node(self, node: str) -> list[str]:
-        """See :meth:`JobStore.release_node`."""
+    def release_node(self, node: str, keep: Collection[tuple[str, int]] = ()) -> list[str]:
+        """See :meth:`JobStore.release_node` (in one step: nothing else shares this store)."""
         released: list[str] = []
+        kept = dict(keep)
         with self._lock:
             now = self.now_ms()
-            for job_id in sorted(self._claims.pop(node, set())):
+            for job_id in sorted(self._claims.get(node, set())):
                 job = self._live(job_id, now)
                 if job is None or job.node != node or job.status not in _CLAIMED:
-                    continue
-                self._return(job, now)
-                released.append(job_id)
+                    self._claims.get(node, set()).discard(job_id)
+                elif kept.get(job_id) != job.fence:
+                    self._return(job, now)
+                    released.append(job_id)
+            if not self._claims.get(node, True):
+                del self._claims[node]
         self._wake(now if released else None)
         return released
 

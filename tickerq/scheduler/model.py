@@ -149,6 +149,9 @@ class ClaimBatch:
     skipped: tuple[str, ...] = ()  #: ids marked SKIPPED (skip_if_running) by this call
     next_due_ms: int | None = None  #: earliest due time among what this node could claim, if any
     now_ms: int = 0  #: the store's clock at the claim
+    #: How many claims the store holds for the node after the call (its new ones included);
+    #: more than the node knows of means a claim's reply was lost, see ``release_node``.
+    held: int = 0
 
 
 class OutcomeKind(enum.Enum):
@@ -158,6 +161,7 @@ class OutcomeKind(enum.Enum):
     FAILED = "failed"  #: retried if retries are left, else FAILED
     CANCELLED = "cancelled"
     HANDED_BACK = "handed_back"  #: not finished (shutdown): IDLE again, is_rerun set, due now
+    SKIPPED = "skipped"  #: a cron occurrence not run: missed by more than the threshold (downtime)
 
 
 @attrs.frozen(kw_only=True)

@@ -29,7 +29,7 @@ loop subscribes with :meth:`RedisJobStore.subscribe_wake` (a redis-py
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -56,7 +56,10 @@ from tickerq.scheduler.model import (
 )
 from tickerq.scheduler.store import DEFAULT_RETENTION
 
-__all__ = ["RedisJobStore", "parse_wake"]
+__all__ = ["RELEASE_BATCH", "RedisJobStore", "parse_wake"]
+
+#: Most claims one release_node script call hands back (about 10 ms of server time).
+RELEASE_BATCH = 500
 
 
 def _script(name: str) -> LuaScript:
@@ -92,6 +95,7 @@ _KINDS = {
     OutcomeKind.FAILED: "F",
     OutcomeKind.CANCELLED: "C",
     OutcomeKind.HANDED_BACK: "H",
+    OutcomeKind.SKIPPED: "S",
 }
 
 
@@ -302,7 +306,9 @@ class RedisJobStore:
             check_user_key("function", limits.name)
             cap = -1 if limits.cluster_concurrency is None else limits.cluster_concurrency
             args += [limits.name, limits.free_slots, cap, "1" if limits.skip_if_running else "0"]
-        now, next_due, flat, skipped = self._run("claim_due", _CLAIM, args, [self._keys.sched_claims(node)])
+        now, next_due, flat, skipped, held = self._run(
+            "claim_due", _CLAIM, args, [self._keys.sched_claims(node)]
+        )
         claims: list[Claim] = []
         undecodable: list[Outcome] = []
         for i in range(0, len(flat), 3):
@@ -323,6 +329,7 @@ class RedisJobStore:
             skipped=tuple(_text(job_id) for job_id in skipped),
             next_due_ms=None if int(next_due) < 0 else int(next_due),
             now_ms=int(now),
+            held=int(held),
         )
 
     def start(self, claims: Sequence[tuple[str, int]], started_ms: int | None = None) -> list[bool]:
@@ -364,10 +371,24 @@ class RedisJobStore:
         records = self._read("cancel_requests", _READ, list(job_ids))
         return {record.id for record in records if record is not None and record.cancel_requested}
 
-    def release_node(self, node: str) -> list[str]:
-        """See :meth:`JobStore.release_node`."""
-        released = self._run("release_node", _RELEASE, [node], [self._keys.sched_claims(node)])
-        return [_text(job_id) for job_id in released]
+    def release_node(self, node: str, keep: Collection[tuple[str, int]] = ()) -> list[str]:
+        """See :meth:`JobStore.release_node`.
+
+        Without ``keep``, claims are handed back ``RELEASE_BATCH`` per script call
+        (each about a millisecond per hundred claims), so that releasing a dead node
+        with thousands of claims lets every other client's commands (heartbeats)
+        through in between.
+        """
+        claims_key = [self._keys.sched_claims(node)]
+        args: list[str | int | bytes] = [node, RELEASE_BATCH]
+        for job_id, fence in keep:
+            args += [job_id, fence]
+        released: list[str] = []
+        while True:
+            ids, left = self._run("release_node", _RELEASE, args, claims_key)
+            released += (_text(job_id) for job_id in ids)
+            if keep or not int(left):
+                return sorted(released)
 
     def next_due_ms(self, functions: Sequence[str]) -> int | None:
         """See :meth:`JobStore.next_due_ms`."""

@@ -13,9 +13,12 @@ Guarantees every implementation keeps:
   current fence equals the one given; a stale report (from a node declared
   dead, whose job was handed back and claimed again) changes nothing.
 - **Claims live as long as their node.** A claim has no timeout of its own;
-  only ``release_node`` (the node is dead, or restarted under the same id)
-  hands its claims back, as IDLE and due now; ``is_rerun`` is set on the ones
-  that had started (IN_PROGRESS), since a QUEUED job never ran.
+  only ``release_node`` (the node is dead, or restarted under the same id, or
+  a live node handing back claims it does not know it holds, e.g. after a lost
+  claim reply) hands claims back, as IDLE and due now; ``is_rerun`` is set on
+  the ones that had started (IN_PROGRESS), since a QUEUED job never ran.
+  ``ClaimBatch.held`` tells a node how many claims the store holds for it, so
+  it can notice claims it does not know about.
 - **Cancels win.** A job with ``cancel_requested`` is never run again: ``start``
   refuses it (CANCELLED), and a failed, handed-back or released attempt makes
   it CANCELLED instead of IDLE.
@@ -35,7 +38,7 @@ Guarantees every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import timedelta
 from typing import Protocol
 
@@ -129,7 +132,7 @@ class JobStore(Protocol):
     def finish(self, outcomes: Sequence[Outcome], retention: timedelta | None = None) -> list[bool]:
         """Record how attempts ended (one round trip for the batch).
 
-        DONE and CANCELLED finish the job; FAILED schedules a retry when one
+        DONE, CANCELLED and SKIPPED finish the job; FAILED schedules a retry when one
         is left (IDLE, due after the next retry interval; no intervals: due
         now) else finishes it; HANDED_BACK makes it IDLE and due now, with
         ``is_rerun`` when it had started. A finished job is deleted
@@ -144,8 +147,14 @@ class JobStore(Protocol):
         """Which of these running jobs were asked to cancel."""
         ...
 
-    def release_node(self, node: str) -> list[str]:
-        """Hand back every claim ``node`` holds (it is dead, or restarted).
+    def release_node(self, node: str, keep: Collection[tuple[str, int]] = ()) -> list[str]:
+        """Hand back every claim ``node`` holds (it is dead, or restarted), except ``keep``.
+
+        ``keep`` lists ``(job_id, fence)`` claims a live node knows it holds
+        (running, or finished but not reported yet); only a claim with that
+        very fence is kept. A store may hand back a large number of claims in
+        several bounded steps, so that no single step blocks a shared server
+        for long; each step is atomic and the verb is idempotent.
 
         Returns:
             The ids handed back (IDLE, due now; ``is_rerun`` set on those that

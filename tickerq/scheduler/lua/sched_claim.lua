@@ -3,7 +3,8 @@
 -- ARGV[A] node, ARGV[A+1] limit, ARGV[A+2] '1' to start the claimed jobs at once (IN_PROGRESS,
 -- executed at now) or '0' (QUEUED), then per function 4 values: name, free slots,
 -- cluster concurrency (-1 = none), skip_if_running ('1' or '0').
--- Returns {now, next due ms (-1 = none), {id, fence, record JSON, ...}, {skipped ids}}.
+-- Returns {now, next due ms (-1 = none), {id, fence, record JSON, ...}, {skipped ids},
+-- claims the node holds now}.
 -- include: sched_lib
 local node, left, start = ARGV[A], tonumber(ARGV[A + 1]), ARGV[A + 2] == '1'
 local now = now_ms()
@@ -71,4 +72,4 @@ for i = A + 3, #ARGV, 4 do
   end
 end
 if fence > first_fence then redis.call('INCRBY', FENCE, fence - first_fence) end
-return {now, next_due or -1, claimed, skipped}
+return {now, next_due or -1, claimed, skipped, redis.call('SCARD', KEYS[4])}

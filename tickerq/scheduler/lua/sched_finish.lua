@@ -1,6 +1,6 @@
 -- Record how attempts ended, each under its claim's fence.
 -- ARGV[A] retention ms, then per outcome 7 values: id, fence, kind (D done, F failed,
--- C cancelled, H handed back, X undecodable: failed for good), executed at ms ('' = keep),
+-- C cancelled, H handed back, S skipped, X undecodable: failed for good), executed at ms ('' = keep),
 -- elapsed ms ('' = keep), '1' when a message follows ('0' = keep), message.
 -- Returns 1 (recorded) or 0 (stale fence: ignored) per outcome.
 -- include: sched_lib
@@ -26,6 +26,8 @@ for i = A + 1, #ARGV, 7 do
       unhold(id, rec)
       if kind == 'D' then
         close(id, rec, 'D', now, retention)
+      elseif kind == 'S' then
+        close(id, rec, 'S', now, retention)
       elseif kind == 'C' or (kind == 'F' and rec.z) then
         close(id, rec, 'C', now, retention)
       elseif kind == 'F' then
