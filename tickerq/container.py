@@ -90,7 +90,15 @@ def _scheduler(
     # ``heartbeat`` is taken for the shutdown order: the scheduler stops (and hands
     # its jobs back) while the node is still alive and connected.
     if options.producer_only:
-        yield None
+        # A producer still beats and may win the dead-node scan: it must hand a dead
+        # worker's jobs back, or they would leave the registry with it and stay claimed.
+        if context is not None:
+            context.add_dead_node_handler(store.release_node)
+        try:
+            yield None
+        finally:
+            if context is not None and store.release_node in context.dead_node_handlers:
+                context.dead_node_handlers.remove(store.release_node)
         return
     interrupt: Callable[[], object] | None = None
     if context is not None and isinstance(store, RedisJobStore):

@@ -241,3 +241,29 @@ def _try_schedule(manager: object, function: str) -> str | None:
         return manager.schedule(function)  # type: ignore[attr-defined, no-any-return]
     except TickerQError:  # Redis still coming back
         return None
+
+
+def test_a_producer_only_node_releases_a_dead_workers_jobs(
+    registry: FunctionRegistry, node: Node, redis_client: redis.Redis
+) -> None:
+    """When a producer-only node is the one whose scan finds a dead worker, the worker's claims are
+    handed back (not dropped with it from the registry), and a worker started later runs them once."""
+    runs: Counter[tuple[str, bool]] = Counter()
+    lock = threading.Lock()
+
+    def record(context: TickerFunctionContext) -> None:
+        with lock:
+            runs[(context.job_id, context.is_rerun)] += 1
+
+    ticker_function("Orphan", registry=registry)(record)
+    ghost, producer = node("ghost", producer_only=True)
+    ids = producer.schedule_many([{"function": "Orphan"}] * 10)
+    batch = producer.store.claim_due("ghost", [FunctionLimits(name="Orphan", free_slots=10)], 10)
+    assert all(producer.store.start([(claim.job.id, claim.fence) for claim in batch.claims]))
+    ghost.shutdown_resources()  # dies holding 10 running jobs
+    node("web", producer_only=True)  # the only live node: its scan finds the ghost dead
+    wait_until(lambda: not redis_client.sismember("tickerq:tq:nodes", "ghost"), 10)
+    node("worker", max_concurrency=4)
+    wait_until(lambda: len(runs) == 10, 10)
+    assert {(job_id, True) for job_id in ids} == set(runs)
+    assert {1} == set(runs.values())
