@@ -510,7 +510,7 @@ def test_renewals_are_batched_in_one_round_trip_per_tick(
 def test_external_change_declares_lost_once(
     managers: ManagerFactory, redis_client: redis.Redis, fault: str
 ) -> None:
-    """A lock key deleted, overwritten or replaced from outside: on_lost runs once on its own thread."""
+    """A lock key deleted, overwritten or replaced from outside: on_lost runs once, on the dispatcher."""
     calls: list[tuple[Lease, str]] = []
     lock = managers().lock(
         "job", ttl=0.6, on_lost=lambda lease: calls.append((lease, threading.current_thread().name))
@@ -530,7 +530,7 @@ def test_external_change_declares_lost_once(
     time.sleep(0.5)  # more renewal ticks: still one call
     with pytest.raises(LockLostError, match="lost inside the with block"):
         lock.__exit__(None, None, None)  # leaving the with block without an exception
-    assert [(lease, "tickerq-lock-lost")] == calls
+    assert [(lease, "tickerq-lock-lost-1")] == calls
     if fault == "overwrite":
         assert "intruder" == redis_client.get("tickerq:lock:job")
 

@@ -44,6 +44,7 @@ import redis
 
 from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
 from tickerq._runtime.dispatcher import Dispatcher
+from tickerq._runtime.lease import FenceFloors
 from tickerq.durations import Duration, to_milliseconds
 from tickerq.errors import KeyTypeError, RedisUnavailableError
 from tickerq.events import EventHub
@@ -161,6 +162,7 @@ class LeaderElection:
         self._dispatcher = dispatcher
         self._clock = clock
         self._campaign: Campaign | None = None  # a fresh one at every start()
+        self._floors = FenceFloors(1)  # the highest term seen, kept from one start() to the next
 
     # -- public API --------------------------------------------------------------
 
@@ -222,6 +224,7 @@ class LeaderElection:
             self._notify,
             dispatcher=self._dispatcher,
             clock=self._clock,
+            floors=self._floors,
         )
         self._campaign = campaign
         campaign.start()
