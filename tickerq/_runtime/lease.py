@@ -30,6 +30,7 @@ __all__ = ["FenceFloors", "LocalLease", "drift_margin", "hold_for"]
 
 log = logging.getLogger(__name__)
 
+
 def drift_margin(ttl: float) -> float:
     """Seconds before its ttl runs out that a lease counts as lost: 1 % of the ttl plus 2 ms."""
     return ttl * 0.01 + 0.002

@@ -105,10 +105,10 @@ class Campaign(Service):
         self.leadership = Leadership(
             ops.name,
             timings.renew_deadline.total_seconds(),
-            self._retry_s,
-            lambda: self.stopping,
-            self._began,
-            self._ended,
+            retry_period=self._retry_s,
+            stopping=lambda: self.stopping,
+            on_begin=self._began,
+            on_end=self._ended,
             clock=clock,
         )
         self._outage = OutageTracker(f"election {ops.name!r}", log)  # its events are published here, queued

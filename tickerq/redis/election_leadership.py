@@ -50,11 +50,11 @@ class Leadership:
         self,
         name: str,
         renew_deadline: float,
+        *,
         retry_period: float,
         stopping: Callable[[], bool],
         on_begin: Callable[[int, threading.Event], None],
         on_end: Callable[[int, str], None],
-        *,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.name = name

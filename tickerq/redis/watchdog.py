@@ -151,7 +151,7 @@ class LockRenewer(Service):
         super().start()
 
     def submit(self, batch: list[LocalLease]) -> None:
-        """Renew ``batch`` on the renewer thread (see :class:`~tickerq._runtime.deadline_watch.BatchRenewer`)."""
+        """Renew ``batch`` on the renewer thread (see ``BatchRenewer``)."""
         with self._job_lock:
             self._job = batch
         self.wake()
@@ -318,4 +318,3 @@ class LockRenewer(Service):
             if conn.can_read(timeout=_REPLY_POLL):
                 return conn.read_response()
             self._check_needed(job)
-
