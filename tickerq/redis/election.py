@@ -194,7 +194,8 @@ class LeaderElection:
             RedisCommandError: Redis refused the read (``NOPERM``, say).
             KeyTypeError: The lease key holds something tickerq did not write.
         """
-        with translate_errors("election leader", key=self._ops.key, name=self.name):
+        where = f"could not read the leader of election {self.name!r}"
+        with translate_errors("election leader", key=self._ops.key, name=self.name, where=where):
             reply = self._ops.read(self._client)
         if reply.status == Status.CORRUPT:
             raise KeyTypeError(

@@ -110,7 +110,12 @@ _NOT_AN_INTEGER = "value is not an integer"
 
 
 def translate(
-    exc: redis.RedisError, operation: str, *, key: str | None = None, name: str | None = None
+    exc: redis.RedisError,
+    operation: str,
+    *,
+    key: str | None = None,
+    name: str | None = None,
+    where: str | None = None,
 ) -> TickerQError:
     """The tickerq error for a redis-py error (to ``raise ... from exc``).
 
@@ -119,9 +124,11 @@ def translate(
         operation: What was being done, for the message and the ``operation`` field.
         key: The Redis key involved, if one.
         name: The lock, election or cache key the caller named, if one (also in the message).
+        where: How the message begins (default: the operation and the name).
     """
     fields: dict[str, str | None] = {"operation": operation, "key": key, "name": name}
-    where = operation if name is None else f"{operation} {name!r}"
+    if where is None:
+        where = operation if name is None else f"{operation} {name!r}"
     if isinstance(exc, redis.AuthenticationError):
         return authentication_failed(exc, where, **fields)
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
@@ -145,9 +152,11 @@ def translate(
 
 
 @contextmanager
-def translate_errors(operation: str, *, key: str | None = None, name: str | None = None) -> Iterator[None]:
+def translate_errors(
+    operation: str, *, key: str | None = None, name: str | None = None, where: str | None = None
+) -> Iterator[None]:
     """Re-raise redis-py errors from the block as tickerq errors (see :func:`translate`)."""
     try:
         yield
     except redis.RedisError as exc:
-        raise translate(exc, operation, key=key, name=name) from exc
+        raise translate(exc, operation, key=key, name=name, where=where) from exc
