@@ -24,6 +24,9 @@ from redis.retry import Retry
 from tests import lock_worker
 from tests.conftest import wait_until
 from tests.netfault import FaultProxy
+from tickerq._runtime.clock import ManualClock
+from tickerq._runtime.dispatcher import Dispatcher
+from tickerq._runtime.lease import LocalLease
 from tickerq.errors import (
     ConfigurationError,
     KeyTypeError,
@@ -510,7 +513,7 @@ def test_renewals_are_batched_in_one_round_trip_per_tick(
 def test_external_change_declares_lost_once(
     managers: ManagerFactory, redis_client: redis.Redis, fault: str
 ) -> None:
-    """A lock key deleted, overwritten or replaced from outside: on_lost runs once on its own thread."""
+    """A lock key deleted, overwritten or replaced from outside: on_lost runs once, on the dispatcher."""
     calls: list[tuple[Lease, str]] = []
     lock = managers().lock(
         "job", ttl=0.6, on_lost=lambda lease: calls.append((lease, threading.current_thread().name))
@@ -530,7 +533,7 @@ def test_external_change_declares_lost_once(
     time.sleep(0.5)  # more renewal ticks: still one call
     with pytest.raises(LockLostError, match="lost inside the with block"):
         lock.__exit__(None, None, None)  # leaving the with block without an exception
-    assert [(lease, "tickerq-lock-lost")] == calls
+    assert [(lease, "tickerq-lock-lost-1")] == calls
     if fault == "overwrite":
         assert "intruder" == redis_client.get("tickerq:lock:job")
 
@@ -992,15 +995,71 @@ def test_close_interrupts_a_renewer_connecting_to_a_frozen_redis(
         assert calls == evalsha_calls(admin)
 
 
-def test_stop_at_any_line_of_the_watchdog_loop_ends_it_at_once(redis_server: RedisServer) -> None:
-    """stop() landing anywhere in the deadline loop's first pass (e.g. between its stop check and the
-    clear() of its wake-up event) ends the loop at once, not after its idle wait."""
+def stop_watchdog(client: redis.Redis, clock: ManualClock, when: str) -> float:
+    """Start a watchdog watching a far deadline, request its stop ``when``; return how long it took to end."""
+    watchdog = Watchdog(client, on_resurrected=lambda lease: None, clock=clock)
+    now = clock.monotonic()
+    far = LocalLease(name="far", token="far", fence=1, hold=30, renew_every=10, sent_at=now)
+    if when == "before start":
+        watchdog.request_stop()
+        assert not watchdog.register(far)  # closed: nothing watched, no thread
+        assert watchdog.thread is None
+    elif when == "inside a tick":
+        stopper = LocalLease(
+            name="stopper", token="stopper", fence=1, hold=1, renew_every=1, sent_at=now, clock=clock,
+            on_expired=lambda lease, reason: watchdog.request_stop(),
+        )  # fmt: skip
+        assert watchdog.register(far)
+        assert watchdog.register(stopper)
+        clock.advance(1.0)  # the stopper expires: the watch thread asks itself to stop mid-tick
+        wait_until(lambda: stopper.is_lost)
+    else:
+        assert watchdog.register(far)  # the watch thread starts and sleeps until the far deadline
+        if when == "while it sleeps":
+            wait_until(lambda: watchdog.running)
+            time.sleep(0.02)  # let it reach its wait
+        watchdog.request_stop()
+    thread, renewer = watchdog.thread, watchdog.renewer_thread
+    started = time.monotonic()
+    assert watchdog.wait_stopped(started + 2.0)
+    assert thread is None or not thread.is_alive()
+    assert renewer is None or not renewer.is_alive()
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("when", ["before start", "as it starts", "while it sleeps", "inside a tick"])
+def test_a_requested_stop_ends_the_watchdog_at_once(redis_server: RedisServer, when: str) -> None:
+    """request_stop() before, as, between or inside the deadline thread's ticks ends both threads
+    within 0.5 s, with time frozen (a ManualClock): no stop is lost to a wait of the watch."""
     with redis_server.client(retry=None) as client:
-        for step in range(1, 25):  # every line of the first pass, up to its wait (24 lines)
-            watchdog = Watchdog(client, on_resurrected=lambda lease: None)
-            started = time.monotonic()
-            interleave(step, watchdog._run, watchdog.stop)
-            assert time.monotonic() - started < 0.5, f"stop() at line {step} was lost"
+        for _ in range(20 if when == "as it starts" else 1):  # stops land at varied points of the first pass
+            assert stop_watchdog(client, ManualClock(), when) < 0.5
+
+
+def test_on_lost_runs_on_the_dispatcher_passed_in_and_close_leaves_it_running(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """LockManager(dispatcher=...) runs on_lost on that dispatcher's thread; close() does not stop it."""
+    dispatcher = Dispatcher("shared-callbacks")
+    client, watchdog_client = redis_server.client(retry=None), redis_server.client(retry=None)
+    manager = LockManager(client, watchdog_client, KEYS, "a", dispatcher=dispatcher)
+    threads: list[str] = []
+    try:
+        lease = manager.lock(
+            "job", ttl=0.3, on_lost=lambda _: threads.append(threading.current_thread().name)
+        ).acquire()
+        redis_client.delete("tickerq:lock:job")
+        assert lease.lost.wait(2)
+        wait_until(lambda: threads)
+        assert ["shared-callbacks-1"] == threads
+        manager.close()
+        assert "done" == dispatcher.submit(lambda: "done").result(timeout=2)
+    finally:
+        manager.close()
+        dispatcher.request_stop()
+        dispatcher.wait_stopped(time.monotonic() + 2)
+        client.close()
+        watchdog_client.close()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

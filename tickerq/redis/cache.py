@@ -46,6 +46,7 @@ from tickerq.redis.breaker import CircuitBreaker
 from tickerq.redis.entry import FIELDS, NOT_SET, sliding_renewal_ms
 from tickerq.redis.keys import Keys
 from tickerq.redis.scripts import LuaScript
+from tickerq.redis.translate import is_wrong_type
 from tickerq.serialization import dumps_array, loads_array
 
 __all__ = ["DistributedCache"]
@@ -172,7 +173,7 @@ class DistributedCache:
             except redis.RedisError as exc:
                 # WRONGTYPE: an older tickerq's string or someone else's data; the
                 # acquire script tells which.
-                if not _wrong_type(exc):
+                if not is_wrong_type(exc):
                     self._redis_error(exc, key)
                     online = False
             else:
@@ -207,7 +208,9 @@ class DistributedCache:
             removed = _INVALIDATE(self._client, (key, self._keys.cache_recompute_lock(cache_key)))
         except redis.RedisError as exc:
             self._redis_error(exc, key)
-            raise RedisUnavailableError(f"could not invalidate cache entry {key!r}: {exc}") from exc
+            raise RedisUnavailableError(
+                f"could not invalidate cache entry {key!r}: {exc}", operation="cache invalidate", key=key
+            ) from exc
         self._redis_ok()
         return bool(removed)
 
@@ -363,7 +366,9 @@ class DistributedCache:
     def _not_an_entry(self, key: str, kind: str) -> KeyTypeError:
         return KeyTypeError(
             f"cache key {key!r} holds a Redis {kind}, not an entry written by get_or_set_array "
-            "(a hash of absexp, sldexp and data); it was left untouched: delete it or use another cache_key"
+            "(a hash of absexp, sldexp and data); it was left untouched: delete it or use another cache_key",
+            operation="cache",
+            key=key,
         )
 
     def _redis_ok(self) -> None:
@@ -372,7 +377,7 @@ class DistributedCache:
 
     def _redis_error(self, exc: redis.RedisError, key: str) -> None:
         """Raise for a wrong-type key (a data problem); count anything else as an outage."""
-        if _wrong_type(exc):
+        if is_wrong_type(exc):
             self._breaker.record_success()
             raise self._not_an_entry(key, self._type_of(key)) from exc
         if self._breaker.record_failure():
@@ -403,10 +408,6 @@ class DistributedCache:
 
     def __repr__(self) -> str:
         return f"DistributedCache(instance={self._keys.instance!r}, breaker={self._breaker.state!r})"
-
-
-def _wrong_type(exc: redis.RedisError) -> bool:
-    return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
 
 
 def _text(value: bytes | str) -> str:

@@ -44,14 +44,16 @@ import redis
 
 from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
 from tickerq._runtime.dispatcher import Dispatcher
+from tickerq._runtime.lease import FenceFloors
 from tickerq.durations import Duration, to_milliseconds
-from tickerq.errors import KeyTypeError, RedisUnavailableError
+from tickerq.errors import KeyTypeError
 from tickerq.events import EventHub
 from tickerq.redis.connection import ClientSource, DerivedClients
 from tickerq.redis.election_campaign import Campaign, Notifications
 from tickerq.redis.election_lease import ElectionLease, LeaseTimings, Status
 from tickerq.redis.election_timings import DEFAULT_LEASE, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD
 from tickerq.redis.keys import Keys, check_user_key
+from tickerq.redis.translate import translate_errors
 
 __all__ = ["LeaderElection"]
 
@@ -161,6 +163,7 @@ class LeaderElection:
         self._dispatcher = dispatcher
         self._clock = clock
         self._campaign: Campaign | None = None  # a fresh one at every start()
+        self._floors = FenceFloors(1)  # the highest term seen, kept from one start() to the next
 
     # -- public API --------------------------------------------------------------
 
@@ -187,19 +190,20 @@ class LeaderElection:
         """The current leader's node id as Redis has it, or None (one round trip).
 
         Raises:
-            RedisUnavailableError: Redis did not answer.
+            RedisUnavailableError: Redis did not answer (``RedisReadOnlyError`` never: it only reads).
+            RedisCommandError: Redis refused the read (``NOPERM``, say).
             KeyTypeError: The lease key holds something tickerq did not write.
         """
-        try:
+        where = f"could not read the leader of election {self.name!r}"
+        with translate_errors("election leader", key=self._ops.key, name=self.name, where=where):
             reply = self._ops.read(self._client)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise RedisUnavailableError(
-                f"could not read the leader of election {self.name!r}: {exc}"
-            ) from exc
         if reply.status == Status.CORRUPT:
             raise KeyTypeError(
                 f"{self._ops.key!r} holds a {reply.holder}, not an election lease "
-                "(a hash with node, token and term written by tickerq)"
+                "(a hash with node, token and term written by tickerq)",
+                operation="election leader",
+                key=self._ops.key,
+                name=self.name,
             )
         return reply.holder if reply.status == Status.HELD else None
 
@@ -222,6 +226,7 @@ class LeaderElection:
             self._notify,
             dispatcher=self._dispatcher,
             clock=self._clock,
+            floors=self._floors,
         )
         self._campaign = campaign
         campaign.start()

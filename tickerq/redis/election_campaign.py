@@ -23,6 +23,7 @@ import redis
 
 from tickerq._runtime.clock import Clock
 from tickerq._runtime.dispatcher import Dispatcher, DispatcherStoppedError
+from tickerq._runtime.lease import FenceFloors
 from tickerq._runtime.service import Service
 from tickerq._runtime.strand import Strand
 from tickerq.events import (
@@ -74,6 +75,8 @@ class Campaign(Service):
             ``tickerq-election-{name}-callbacks``, stopped with it.
         clock: Where the lease logic takes time from and sleeps on. Redis
             calls and stopping's budget count in real time (sockets do).
+        floors: The node's term floor (the highest term seen), kept across
+            campaigns; default: this campaign's own.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Campaign(Service):
         *,
         dispatcher: Dispatcher | None,
         clock: Clock,
+        floors: FenceFloors | None = None,
     ) -> None:
         super().__init__(f"tickerq-election-{ops.name}", clock=clock)
         self.election = ops.name
@@ -101,9 +105,10 @@ class Campaign(Service):
         self.leadership = Leadership(
             ops.name,
             timings.renew_deadline.total_seconds(),
-            lambda: self.stopping,
-            self._began,
-            self._ended,
+            retry_period=self._retry_s,
+            stopping=lambda: self.stopping,
+            on_begin=self._began,
+            on_end=self._ended,
             clock=clock,
         )
         self._outage = OutageTracker(f"election {ops.name!r}", log)  # its events are published here, queued
@@ -114,7 +119,7 @@ class Campaign(Service):
         self._failed_stopping = False  # a call failed after stop was requested: Redis is unreachable
         self._step_back_until = 0.0
         self._observed: tuple[str | None, int] | None = None
-        self._max_term = 0
+        self._floors = floors if floors is not None else FenceFloors(1)
         self._corrupt_reported = False
 
     # -- the service contract ----------------------------------------------------
@@ -211,7 +216,7 @@ class Campaign(Service):
         if not self.leadership.begin(reply.term, sent):
             self._release()  # resign() or stop() came meanwhile, or the reply came too late
             return 0.0
-        return self._retry_s
+        return self._until_renewal()
 
     def _renew(self) -> float:
         term, deadline = self.leadership.current()
@@ -227,7 +232,7 @@ class Campaign(Service):
             return max(0.0, min(self._retry_s, deadline - self.clock.monotonic()))
         if reply.status == Status.OURS:
             if self.leadership.extend(term, sent):
-                return self._retry_s
+                return self._until_renewal()
             # The deadline passed while we waited (is_leader was already False), or the
             # leadership ended on another thread meanwhile; the next step releases the lease.
             self.leadership.end("renewed only after the renew deadline")
@@ -285,8 +290,17 @@ class Campaign(Service):
                 self.election, self._ops.key, reply.holder, reply.pttl_ms,
             )  # fmt: skip
 
+    @property
+    def _max_term(self) -> int:
+        """The highest term this node has seen (its floor: below it, Redis lost its data)."""
+        return self._floors.get(self.election)[0]
+
+    def _until_renewal(self) -> float:
+        """How long until the leadership's next renewal is due (the lease core's schedule)."""
+        return max(0.0, self.leadership.renew_at() - self.clock.monotonic())
+
     def _observe(self, leader: str | None, term: int) -> None:
-        self._max_term = max(self._max_term, term)
+        self._floors.raise_to(self.election, term)
         if (leader, term) == self._observed:
             return
         self._observed = (leader, term)

@@ -1,8 +1,8 @@
-"""Leases: one holding of a distributed lock, its keys, and the renewal requests that keep it.
+"""A lock's lease: its keys, its reentrant count, and the renewal requests that keep it.
 
-A :class:`Lease` knows its fence and a local deadline: the monotonic time after
-which Redis may have let the key expire, counted from when the last successful
-renewal request was *sent* (minus a drift margin). The watchdog and
+:class:`Lease` is a :class:`~tickerq._runtime.lease.LocalLease` (the lease core
+shared with elections): its local deadline is counted from when the last
+successful renewal request was *sent*, minus a drift margin. The watchdog and
 ``Lock.extend()`` renew it with ``lock_renew.lua``; one renewal of a lease runs
 at a time (``Lease.renewing``), so Redis applies them in the order they were
 sent and the deadline always matches the ttl Redis holds.
@@ -10,14 +10,15 @@ sent and the deadline always matches the ttl Redis holds.
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import attrs
 
+from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
+from tickerq._runtime.dispatcher import Dispatcher
+from tickerq._runtime.lease import LocalLease, drift_margin, hold_for
 from tickerq.durations import to_milliseconds
 from tickerq.errors import LockLostError
 from tickerq.redis.keys import Keys
@@ -34,17 +35,10 @@ __all__ = [
     "renew_arguments",
 ]
 
-log = logging.getLogger(__name__)
-
 #: Renews a batch of leases; see ``lua/lock_renew.lua`` for the reply codes.
 RENEW = LuaScript("lock_renew")
 LOST = 0
 REESTABLISHED = 2
-
-
-def drift_margin(ttl: float) -> float:
-    """Seconds before its ttl runs out that a lease counts as lost: 1 % of the ttl plus 2 ms."""
-    return ttl * 0.01 + 0.002
 
 
 @attrs.frozen
@@ -70,12 +64,12 @@ class LockKeys:
         return [self.lock, self.fence, self.queue, self.turn, self.waiters]
 
 
-class Lease:
+class Lease(LocalLease):
     """One holding of a lock: its fence and whether it may still be held.
 
     The token belongs to the lease, not to a thread: any thread may release it
-    and the watchdog renews it. ``lost`` is set (and ``on_lost(lease)`` called
-    once, on a thread of its own) the moment we know we may not hold it.
+    and the watchdog renews it. ``lost`` is set (and ``on_lost(lease)`` queued
+    once, on the lock manager's dispatcher) the moment we know we may not hold it.
 
     Attributes:
         name: The lock's name.
@@ -83,53 +77,27 @@ class Lease:
         fence: Strictly increasing per lock name; pass it to the protected resource.
         lost: Set when the lease is, or may be, lost.
         lost_reason: Why ``lost`` was set, or None.
-        lost_at: ``time.monotonic()`` when ``lost`` was set, or None.
+        lost_at: The clock's monotonic time when ``lost`` was set, or None.
         renewing: Held while a renewal of this lease is in flight (one at a time).
     """
 
     def __init__(
         self, *, name: str, token: str, fence: int, ttl: timedelta, keys: LockKeys, auto_renew: bool,
-        on_lost: Callable[[Lease], None] | None, sent_at: float, pid: int,
+        on_lost: Callable[[Lease], None] | None, sent_at: float, pid: int, clock: Clock = SYSTEM_CLOCK,
+        dispatcher: Dispatcher | None = None,
     ) -> None:  # fmt: skip
-        self.name = name
-        self.token = token
-        self.fence = fence
-        self._lost = False
-        self._lost_event: threading.Event | None = None  # made on first use: most leases never need it
-        self.lost_reason: str | None = None
-        self.lost_at: float | None = None
-        self.auto_renew = auto_renew
-        self.released = False
+        seconds = ttl.total_seconds()
+        super().__init__(
+            name=name, token=token, fence=fence, hold=hold_for(seconds), renew_every=seconds / 3,
+            sent_at=sent_at, auto_renew=auto_renew, clock=clock, on_lost=on_lost, dispatcher=dispatcher,
+        )  # fmt: skip
         self.keys = keys
         self.lock_key = keys.lock
         self.fence_key = keys.fence
         self.pid = pid
         self.owner_thread = threading.get_ident()
-        self.renewing = threading.Lock()
-        self._on_lost = on_lost
-        self._mutex = threading.Lock()
         self._count = 1
         self._ttl = ttl
-        self._last_sent = sent_at
-        self.valid_until = sent_at + self.ttl_seconds - drift_margin(self.ttl_seconds)
-
-    @property
-    def lost(self) -> threading.Event:
-        """Set when the lease is, or may be, lost (wait on it to be told)."""
-        event = self._lost_event
-        if event is None:
-            with self._mutex:
-                if self._lost_event is None:
-                    self._lost_event = threading.Event()
-                    if self._lost:
-                        self._lost_event.set()
-                event = self._lost_event
-        return event
-
-    @property
-    def is_lost(self) -> bool:
-        """Whether ``lost`` is set (without making the event)."""
-        return self._lost
 
     @property
     def ttl(self) -> timedelta:
@@ -140,10 +108,8 @@ class Lease:
     def ttl_seconds(self) -> float:
         return self._ttl.total_seconds()
 
-    @property
-    def held(self) -> bool:
-        """True while the lease is neither released, lost nor past its local deadline."""
-        return not (self.released or self._lost or time.monotonic() >= self.valid_until)
+    def describe(self) -> str:
+        return f"lock {self.name!r}"
 
     def ensure_held(self) -> None:
         """Raise unless the lease is still held.
@@ -153,55 +119,11 @@ class Lease:
         """
         self.check_deadline()
         if self.released:
-            raise LockLostError(f"lock {self.name!r} (fence {self.fence}) was released")
-        if self._lost:
-            raise LockLostError(f"lock {self.name!r} (fence {self.fence}) is lost: {self.lost_reason}")
-
-    def check_deadline(self) -> None:
-        """Declare the lease lost if its local deadline passed unnoticed."""
-        if not self._lost and time.monotonic() >= self.valid_until:
-            self.declare_lost("no successful renewal within its ttl")
-
-    def declare_lost(self, reason: str) -> bool:
-        """Set ``lost`` and start ``on_lost`` once; False if already lost or released."""
-        with self._mutex:
-            if self._lost or self.released:
-                return False
-            self.lost_reason = reason
-            self.lost_at = time.monotonic()
-            self._lost = True
-            if self._lost_event is not None:
-                self._lost_event.set()
-        log.warning("lock %r (fence %d) lost: %s", self.name, self.fence, reason)
-        if self._on_lost is not None:
-            threading.Thread(target=self._notify, name="tickerq-lock-lost", daemon=True).start()
-        return True
-
-    def _notify(self) -> None:
-        assert self._on_lost is not None
-        try:
-            self._on_lost(self)
-        except Exception:
-            log.exception("on_lost callback for lock %r failed", self.name)
-
-    def confirm(self, sent_at: float, ttl: float) -> None:
-        """A renewal sent at ``sent_at`` with ``ttl`` seconds succeeded: move the deadline."""
-        with self._mutex:
-            if sent_at > self._last_sent:
-                self._last_sent = sent_at
-                self.valid_until = sent_at + ttl - drift_margin(ttl)
-
-    def cap(self, sent_at: float, ttl: float) -> None:
-        """A request sent at ``sent_at`` may have set ``ttl`` seconds: never count on more."""
-        with self._mutex:
-            self.valid_until = min(self.valid_until, sent_at + ttl - drift_margin(ttl))
-
-    def renew_at(self, early: float = 0.0) -> float:
-        """When the next renewal is due (ttl/3 after the last one), ``early`` intervals sooner."""
-        return self._last_sent + self.ttl_seconds / 3 * (1.0 - early)
-
-    def next_check(self) -> float:
-        return min(self.valid_until, self.renew_at()) if self.auto_renew else self.valid_until
+            raise LockLostError(f"lock {self.name!r} (fence {self.fence}) was released", name=self.name)
+        if self.is_lost:
+            raise LockLostError(
+                f"lock {self.name!r} (fence {self.fence}) is lost: {self.lost_reason}", name=self.name
+            )
 
     def try_join(self) -> bool:
         """Count one more reentrant acquisition by the owner, unless the lease was released.
@@ -216,11 +138,13 @@ class Lease:
         with self._mutex:
             if self.released:
                 return False
-            if not self._lost and time.monotonic() < self.valid_until:
+            if not self.is_lost and self.clock.monotonic() < self.valid_until:
                 self._count += 1
                 return True
         self.check_deadline()
-        raise LockLostError(f"lock {self.name!r} (fence {self.fence}) is lost: {self.lost_reason}")
+        raise LockLostError(
+            f"lock {self.name!r} (fence {self.fence}) is lost: {self.lost_reason}", name=self.name
+        )
 
     def drop(self) -> bool:
         """Count one release; True (and ``released`` set) when it was the last."""
@@ -232,11 +156,9 @@ class Lease:
             return True
 
     def set_ttl(self, ttl: timedelta) -> None:
+        """Renew with ``ttl`` from now on (every third of it)."""
         self._ttl = ttl
-
-    def __repr__(self) -> str:
-        state = "released" if self.released else "lost" if self._lost else "held"
-        return f"<Lease {self.name!r} fence={self.fence} {state}>"
+        self.renew_every = ttl.total_seconds() / 3
 
 
 @attrs.frozen
@@ -256,6 +178,11 @@ class Renewal:
     def ttl(self) -> float:
         """The ttl sent, in seconds."""
         return self.ttl_ms / 1000
+
+    @property
+    def hold(self) -> float:
+        """How long after sending the lease may be believed held, if this renewal succeeds."""
+        return hold_for(self.ttl_ms / 1000)
 
 
 def renew_arguments(renewals: Sequence[Renewal]) -> tuple[list[str], list[str | int]]:

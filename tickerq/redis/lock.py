@@ -51,6 +51,9 @@ from typing import Any
 
 import redis
 
+from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
+from tickerq._runtime.dispatcher import Dispatcher
+from tickerq._runtime.lease import FenceFloors
 from tickerq.durations import Duration, to_milliseconds
 from tickerq.errors import LockError, LockLostError, LockTimeoutError, ShutdownError, TickerQError
 from tickerq.redis.keys import Keys
@@ -100,20 +103,27 @@ class LockManager:
         owner: This node's id; tokens are ``{owner}:{random}`` for debuggability.
         retries: How often a call retries a connection error, within its time bound
             (default: as often as ``client``'s ``Retry`` says).
+        dispatcher: Where ``on_lost`` callbacks run (a shared one is not stopped by
+            :meth:`close`). Default: one of the manager's own, whose one thread,
+            ``tickerq-lock-lost-1``, starts with the first callback.
+        clock: Where leases and the watchdog take time from (deadlines, renewals).
     """
 
     def __init__(
         self, client: redis.Redis, watchdog_client: redis.Redis, keys: Keys, owner: str, *,
-        retries: int | None = None,
+        retries: int | None = None, dispatcher: Dispatcher | None = None, clock: Clock = SYSTEM_CLOCK,
     ) -> None:  # fmt: skip
         self.keys = keys
         self.owner = owner
-        self.watchdog = Watchdog(watchdog_client, on_resurrected=self._delete_key)
+        self.clock = clock
+        self.watchdog = Watchdog(watchdog_client, on_resurrected=self._delete_key, clock=clock)
+        self._own_dispatcher = dispatcher is None
+        self.dispatcher = dispatcher if dispatcher is not None else Dispatcher("tickerq-lock-lost")
         self._client = client
         self._calls = LockCalls(client, retries)
         self._pid = os.getpid()
         self._mutex = threading.Lock()
-        self._floors: dict[str, tuple[int, int]] = {}  # name: (highest fence, longest ttl ms)
+        self._floors = FenceFloors(_MAX_FLOORS)  # name: (highest fence, longest ttl ms)
         self._commands_by_name: dict[str, LockCommands] = {}
         self._reentrant: dict[tuple[int, str, int], Lease] = {}
         timeout = self._calls.timeout
@@ -136,7 +146,8 @@ class LockManager:
                 whole ``acquire()``, with at most one ``sync_timeout`` more while Redis hangs.
             auto_renew: Renew every ttl/3 from the watchdog thread until released. Without
                 it the lease is declared lost when its ttl runs out, unless extended.
-            on_lost: Called once with the lease, on a thread of its own, when it is lost.
+            on_lost: Called once with the lease when it is lost, on the manager's dispatcher
+                (never on the watchdog's threads).
             reentrant: The thread that holds the lease may acquire it again (counted).
 
         Raises:
@@ -155,18 +166,37 @@ class LockManager:
         Leases still held are no longer renewed or watched (``ensure_held()`` still
         checks their deadline), a thread waiting in ``acquire()`` raises
         :class:`~tickerq.errors.ShutdownError` at once, and new acquisitions raise
-        :class:`LockError`.
+        :class:`LockError`. The same as :meth:`request_stop` then :meth:`wait_stopped`.
         """
-        self.watchdog.stop(timeout)
+        self.request_stop()
+        self.wait_stopped(time.monotonic() + timeout)
+
+    def request_stop(self) -> None:
+        """Stop renewing and watching, and release waiting callers; returns at once."""
+        self.watchdog.request_stop()
         # Wake the waiters: a BLPOP in flight fails when its connection is closed,
         # and the loop then sees that the manager is closed.
         self._client.connection_pool.disconnect()
+        if self._own_dispatcher:
+            self.dispatcher.request_stop()  # on_lost callbacks already queued still run
+
+    def wait_stopped(self, deadline: float) -> bool:
+        """Wait for the watchdog's threads (and the manager's own dispatcher) until ``deadline``.
+
+        Returns:
+            Whether they all ended by ``deadline`` (``time.monotonic()``).
+        """
+        ended = self.watchdog.wait_stopped(deadline)
+        if self._own_dispatcher:
+            ended = self.dispatcher.wait_stopped(deadline) and ended
+        return ended
 
     def _acquire(self, lock: Lock) -> Lease:
         """Acquire ``lock`` for its Lock object; see :meth:`Lock.acquire`."""
         pid = os.getpid()
         if self._pid != pid:  # forked: the parent's bookkeeping (and its mutex) are not ours
             self._pid, self._mutex, self._reentrant = pid, threading.Lock(), {}
+            self._floors.after_fork()
         if self.watchdog.closed:
             raise LockError(f"cannot acquire {lock.name!r}: the lock manager is closed")
         if lock.reentrant:
@@ -174,7 +204,7 @@ class LockManager:
                 owned = self._reentrant.get((pid, lock.name, threading.get_ident()))
             if owned is not None and owned.try_join():  # False: released meanwhile, acquire afresh
                 return owned
-        started = time.monotonic()
+        started = time.monotonic()  # the call's bounds count in real time, as sockets do
         name, blocking, commands, calls = lock.name, lock.blocking, lock._commands, self._calls
         token = f"{self.owner}:{os.urandom(10).hex()}"
         raw_token = calls.encode(token)
@@ -186,11 +216,11 @@ class LockManager:
         ends = None if wait_ends is None or timeout is None else wait_ends + timeout
         let_go_by = ends if blocking else None if timeout is None else started + timeout
         ttl_ms = to_milliseconds(lock.ttl)
-        floor, floor_ttl_ms = self._floors.get(name, (0, 0))
+        floor, floor_ttl_ms = self._floors.get(name)
         command = commands.acquire(raw_token, ttl_ms, blocking, floor, max(ttl_ms, floor_ttl_ms))
         try:
             while True:
-                sent_at = time.monotonic()
+                sent_at = self.clock.monotonic()
                 reply = calls.run(name, command, ACQUIRE, ends)
                 if reply[0]:
                     break
@@ -209,14 +239,15 @@ class LockManager:
             raise
         lease = Lease(
             name=name, token=token, fence=int(reply[1]), ttl=lock.ttl, keys=commands.keys,
-            auto_renew=lock.auto_renew, on_lost=lock.on_lost, sent_at=sent_at, pid=pid,
+            auto_renew=lock.auto_renew, on_lost=lock.on_lost, sent_at=sent_at, pid=pid, clock=self.clock,
+            dispatcher=self.dispatcher,
         )  # fmt: skip
         self._remember(lock, lease, ttl_ms)
-        try:
-            self.watchdog.register(lease)
-        except LockError:
+        if not self.watchdog.register(lease):
             self._release(lease)
-            raise
+            raise LockError(
+                f"lock {name!r}: the lock manager is closed: no new lease can be watched", name=name
+            )
         return lease
 
     def _wait_turn(self, name: str, wake_key: str, remaining: float, ends: float | None) -> None:
@@ -260,12 +291,9 @@ class LockManager:
 
     def _remember(self, lock: Lock, lease: Lease, ttl_ms: int) -> None:
         """Record the floor (highest fence, longest ttl) for ``lock``'s name, and a reentrant owner."""
-        with self._mutex:
-            if len(self._floors) >= _MAX_FLOORS and lock.name not in self._floors:
-                del self._floors[next(iter(self._floors))]
-            floor, floor_ttl_ms = self._floors.get(lock.name, (0, 0))
-            self._floors[lock.name] = (max(floor, lease.fence), max(floor_ttl_ms, ttl_ms))
-            if lock.reentrant:
+        self._floors.raise_to(lock.name, lease.fence, ttl_ms)
+        if lock.reentrant:
+            with self._mutex:
                 self._reentrant[(lease.pid, lock.name, lease.owner_thread)] = lease
 
     def _release(self, lease: Lease) -> bool:
@@ -296,7 +324,7 @@ class LockManager:
         lease.ensure_held()
         # One renewal of a lease at a time: Redis then applies them in the order they were
         # sent, so the ttl of the last one confirmed is the ttl Redis holds.
-        if not lease.renewing.acquire(timeout=max(0.0, lease.valid_until - time.monotonic())):
+        if not lease.renewing.acquire(timeout=max(0.0, lease.valid_until - self.clock.monotonic())):
             lease.ensure_held()  # the deadline passed while the watchdog's renewal was in flight
             raise LockLostError(f"lock {lease.name!r} (fence {lease.fence}) could not be extended in time")
         try:
@@ -304,14 +332,14 @@ class LockManager:
             renewal = Renewal.of(lease, ttl)
             keys, args = renew_arguments([renewal])
             command = pack(self._calls.encoder, "EVALSHA", RENEW.sha, len(keys), *keys, *args)
-            sent_at = time.monotonic()
-            lease.cap(sent_at, renewal.ttl)  # if the reply is lost, Redis may hold the shorter ttl
+            sent_at = self.clock.monotonic()
+            lease.cap(sent_at, renewal.hold)  # if the reply is lost, Redis may hold the shorter ttl
             if self._calls.run(lease.name, command, RENEW)[0] == LOST:
                 lease.declare_lost("extend found the lock gone or held by another owner")
                 lease.ensure_held()
             if ttl is not None:
                 lease.set_ttl(ttl)
-            lease.confirm(sent_at, renewal.ttl)
+            lease.confirm(sent_at, renewal.hold)
             # The watchdog may have declared it lost (its deadline passed) while the call was in
             # flight: once lost, a lease stays lost, whatever Redis answered.
             lease.ensure_held()

@@ -18,16 +18,15 @@ timeout is not retried: a frozen server would not answer a retry either.
 from __future__ import annotations
 
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import attrs
 import redis
 from redis.exceptions import NoScriptError
 
-from tickerq.errors import KeyTypeError
 from tickerq.redis.lease import LockKeys
 from tickerq.redis.scripts import LuaScript
-from tickerq.redis.translate import translate_errors
+from tickerq.redis.translate import translate
 
 __all__ = ["ACQUIRE", "RELEASE", "LockCalls", "LockCommands", "pack", "retries_of"]
 
@@ -143,7 +142,8 @@ class LockCalls:
                     and (ends is None or time.monotonic() + delay < ends)
                 )
                 if not retry:
-                    _raise_translated(name, exc)
+                    operation = "lock wait" if script is None else _OPERATIONS.get(script.name, "lock")
+                    raise translate(exc, operation, name=name) from exc
             failures += 1
             time.sleep(delay)
             # A retry may read for what is left of the call's one timeout, no more.
@@ -188,11 +188,5 @@ def retries_of(client: redis.Redis) -> int:
     return retry.get_retries() if retry is not None else 0
 
 
-def _raise_translated(name: str, exc: redis.RedisError) -> NoReturn:
-    """Raise the tickerq error for ``exc``, raised by a call on lock ``name``."""
-    text = str(exc)
-    if isinstance(exc, redis.ResponseError) and ("WRONGTYPE" in text or "integer" in text):
-        raise KeyTypeError(f"lock {name!r}: a key holds a value tickerq did not write ({exc})") from exc
-    with translate_errors(f"lock {name!r}"):
-        raise exc
-    raise AssertionError("unreachable")
+#: The ``operation`` of errors from each script's calls (None: waiting in line).
+_OPERATIONS = {"lock_acquire": "lock acquire", "lock_release": "lock release", "lock_renew": "lock extend"}

@@ -12,7 +12,8 @@ connection refused, lost, timed out        ``RedisUnavailableError``
 ``LOADING``, ``BUSY``, ``MASTERDOWN``,     ``RedisUnavailableError``
 ``TRYAGAIN``, ``CLUSTERDOWN``
 ``READONLY`` (a replica, mid-failover)     ``RedisReadOnlyError``
-``WRONGTYPE``, our scripts' type replies   ``KeyTypeError``
+``WRONGTYPE``, our scripts' type replies,  ``KeyTypeError``
+a counter that is not an integer
 ``OOM``, ``NOPERM``, anything else         ``RedisCommandError(code=...)``
 =========================================  ===========================
 
@@ -36,7 +37,7 @@ from tickerq.errors import (
     TickerQError,
 )
 
-__all__ = ["authentication_failed", "error_code", "translate", "translate_errors"]
+__all__ = ["authentication_failed", "error_code", "is_wrong_type", "translate", "translate_errors"]
 
 #: Our Lua scripts start type-error replies with this.
 _OUR_WRONG_TYPE = "TICKERQ_WRONGTYPE "
@@ -96,8 +97,25 @@ def error_code(exc: redis.RedisError) -> str:
     return first if first.isupper() and first.isalpha() else "ERR"
 
 
+def is_wrong_type(exc: redis.RedisError) -> bool:
+    """Whether ``exc`` says a key holds a value tickerq did not write (a data problem, not an outage)."""
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    text = str(exc)
+    return "WRONGTYPE" in text or _OUR_WRONG_TYPE in text or _NOT_AN_INTEGER in text
+
+
+#: How Redis refuses INCR on a counter that holds something else (also from inside a script).
+_NOT_AN_INTEGER = "value is not an integer"
+
+
 def translate(
-    exc: redis.RedisError, operation: str, *, key: str | None = None, name: str | None = None
+    exc: redis.RedisError,
+    operation: str,
+    *,
+    key: str | None = None,
+    name: str | None = None,
+    where: str | None = None,
 ) -> TickerQError:
     """The tickerq error for a redis-py error (to ``raise ... from exc``).
 
@@ -105,35 +123,40 @@ def translate(
         exc: What redis-py raised.
         operation: What was being done, for the message and the ``operation`` field.
         key: The Redis key involved, if one.
-        name: The lock, election or cache key the caller named, if one.
+        name: The lock, election or cache key the caller named, if one (also in the message).
+        where: How the message begins (default: the operation and the name).
     """
     fields: dict[str, str | None] = {"operation": operation, "key": key, "name": name}
+    if where is None:
+        where = operation if name is None else f"{operation} {name!r}"
     if isinstance(exc, redis.AuthenticationError):
-        return authentication_failed(exc, operation, **fields)
+        return authentication_failed(exc, where, **fields)
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        return RedisUnavailableError(
-            f"{operation}: Redis is unavailable ({type(exc).__name__}: {exc})", **fields
-        )
+        return RedisUnavailableError(f"{where}: Redis is unavailable ({type(exc).__name__}: {exc})", **fields)
     text = str(exc)
     marker = text.find(_OUR_WRONG_TYPE)
     if marker >= 0:
-        return KeyTypeError(f"{operation}: {text[marker + len(_OUR_WRONG_TYPE) :]}", **fields)
+        return KeyTypeError(f"{where}: {text[marker + len(_OUR_WRONG_TYPE) :]}", **fields)
     code = error_code(exc)
     if code == "WRONGTYPE" or "WRONGTYPE" in text:
-        return KeyTypeError(f"{operation}: a key holds the wrong Redis type ({text})", **fields)
+        return KeyTypeError(f"{where}: a key holds the wrong Redis type ({text})", **fields)
+    if _NOT_AN_INTEGER in text:
+        return KeyTypeError(f"{where}: a key holds a value tickerq did not write ({text})", **fields)
     if code == "READONLY":
         return RedisReadOnlyError(
-            f"{operation}: Redis refused the write: the server is a read-only replica ({text})", **fields
+            f"{where}: Redis refused the write: the server is a read-only replica ({text})", **fields
         )
     if code in _TRANSIENT:
-        return RedisUnavailableError(f"{operation}: Redis cannot answer now ({code} {text})", **fields)
-    return RedisCommandError(f"{operation}: Redis refused the command ({code}: {text})", code=code, **fields)
+        return RedisUnavailableError(f"{where}: Redis cannot answer now ({code} {text})", **fields)
+    return RedisCommandError(f"{where}: Redis refused the command ({code}: {text})", code=code, **fields)
 
 
 @contextmanager
-def translate_errors(operation: str, *, key: str | None = None, name: str | None = None) -> Iterator[None]:
+def translate_errors(
+    operation: str, *, key: str | None = None, name: str | None = None, where: str | None = None
+) -> Iterator[None]:
     """Re-raise redis-py errors from the block as tickerq errors (see :func:`translate`)."""
     try:
         yield
     except redis.RedisError as exc:
-        raise translate(exc, operation, key=key, name=name) from exc
+        raise translate(exc, operation, key=key, name=name, where=where) from exc

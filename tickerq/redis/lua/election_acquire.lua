@@ -4,6 +4,7 @@
 -- Returns {status, node, term, pttl}: 1 = ours (new, or a retry whose reply was lost: TTL
 -- refreshed, same term), 0 = held by node ('' = kept vacant after data loss), -1 = the key is
 -- not a lease (node = its Redis type).
+-- include: fence_lib
 -- include: election_lib
 local lease_ms = ARGV[3]
 local reply = occupied_reply(KEYS[1], ARGV[2], lease_ms)
@@ -14,7 +15,7 @@ end
 local seen = tonumber(ARGV[4])
 local counter = read_counter(KEYS[2])
 if counter == nil or counter < seen then
-  redis.call('SET', KEYS[2], seen)
+  redis.call('SET', KEYS[2], seen)  -- also over garbage: an election repairs its counter
   if (counter or 0) < seen then
     -- The counter went backwards: Redis lost its data, and the last leader may not know it
     -- yet. Keep the lease vacant for one lease; by then that leader has demoted itself.

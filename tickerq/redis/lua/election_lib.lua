@@ -25,12 +25,10 @@ local function lapse_ms(key, lease_ms)
   return pttl
 end
 
--- The term counter, or nil when it is missing or not an integer.
+-- The term counter, or nil when it is missing or not an integer (then overwritten: an election
+-- repairs its counter, where a lock refuses to write over garbage).
 local function read_counter(key)
-  if redis.call('TYPE', key).ok ~= 'string' then
-    return nil
-  end
-  return tonumber(redis.call('GET', key))
+  return read_fence(key) or nil
 end
 
 -- The reply when the lease key is occupied: {1, ...} when ``token`` holds it (its TTL is

@@ -4,14 +4,13 @@
 -- ARGV: 1 node id, 2 token, 3 term, 4 lease ms
 -- Returns {status, node, term, pttl} as election_acquire does, and 2 = lost: the lease vanished
 -- after a later term began (term = the counter).
+-- include: fence_lib
 -- include: election_lib
 local lease_ms = ARGV[4]
 local term = tonumber(ARGV[3])
 local counter = read_counter(KEYS[2])
 -- Terms never go backwards, even when the counter was lost with the rest of the data.
-if counter == nil or counter < term then
-  redis.call('SET', KEYS[2], term)
-end
+raise_fence(KEYS[2], term, counter)
 
 local reply = occupied_reply(KEYS[1], ARGV[2], lease_ms)
 if reply then

@@ -9,6 +9,7 @@
 -- (recovering is 1 while the lock is held back after a data loss).
 -- include: lock_common
 -- include: lock_grant
+-- include: fence_lib
 local token = ARGV[4]
 local wid = ARGV[6] == '1' and token or ''
 local current = redis.call('GET', KEYS[1])
@@ -39,7 +40,7 @@ if not current then
     -- from before the loss may still be renewing with a fence up to the lost counter, so
     -- grant nothing yet: raise the counter to the floor and hold the lock back for a
     -- while, during which that holder's renewal re-establishes its lease over it.
-    redis.call('SET', KEYS[2], floor)
+    raise_fence(KEYS[2], floor, fence)
     redis.call('SET', KEYS[1], RECOVERING, 'PX', ARGV[8])
     current = RECOVERING
     if turn then

@@ -10,6 +10,7 @@
 -- fence, so the next holder's is higher, and gets 0.
 -- include: lock_common
 -- include: lock_grant
+-- include: fence_lib
 local result = 0
 local token, wid, fence = ARGV[3], ARGV[4], ARGV[5]
 local current = redis.call('GET', KEYS[1])
@@ -21,11 +22,7 @@ if token ~= '' then
   elseif not current and redis.call('GET', KEYS[2]) == fence then
     result = 2
   elseif current == RECOVERING then
-    local raw = redis.call('GET', KEYS[2])
-    local counter = tonumber(raw)
-    if (counter or not raw) and (counter or 0) < tonumber(fence) then
-      redis.call('SET', KEYS[2], fence)
-    end
+    raise_fence(KEYS[2], tonumber(fence), read_fence(KEYS[2]))
   end
 end
 

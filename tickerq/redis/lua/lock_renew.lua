@@ -9,21 +9,19 @@
 -- Whatever the outcome, the counter is raised to at least the lease's fence so
 -- fences never go backwards after a data loss.
 -- include: lock_common
+-- include: fence_lib
 local codes = {}
 for i = 1, #KEYS / 2 do
   local lock, counter_key = KEYS[2 * i - 1], KEYS[2 * i]
   local token, ttl, fence = ARGV[3 * i - 2], ARGV[3 * i - 1], tonumber(ARGV[3 * i])
   local code = 0
-  local raw = redis.pcall('GET', counter_key)
-  local counter_ok = type(raw) ~= 'table'
-  local counter = counter_ok and raw and tonumber(raw)
-  if raw and not counter then counter_ok = false end
+  local counter = read_fence(counter_key)
   local current = redis.pcall('GET', lock)
   if type(current) ~= 'table' then
     if current == token then
       redis.call('PEXPIRE', lock, ttl)
       code = 1
-    elseif counter_ok and ((not current and not raw) or (current == RECOVERING and counter and fence >= counter)) then
+    elseif (not current and counter == nil) or (current == RECOVERING and counter and fence >= counter) then
       -- Held back after a data loss: only the survivor takes it over, the lease with the
       -- highest fence handed out (the acquisition raised the counter to the highest it
       -- knew); a lease with a lower fence is stale, its key expired before the loss.
@@ -31,9 +29,7 @@ for i = 1, #KEYS / 2 do
       code = 2
     end
   end
-  if counter_ok and ((not counter) or counter < fence) then
-    redis.call('SET', counter_key, fence)
-  end
+  raise_fence(counter_key, fence, counter)
   codes[i] = code
 end
 return codes
