@@ -33,7 +33,7 @@ from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
 from tickerq._runtime.dispatcher import Dispatcher, DispatcherStoppedError
 from tickerq._runtime.service import Service
 from tickerq.errors import TickerQError
-from tickerq.events import EventHub, TickerFailed, TickerFinished, TickerQueued, TickerStarted
+from tickerq.events import EventHub, Publisher, TickerFailed, TickerFinished, TickerQueued, TickerStarted
 from tickerq.options import SchedulerOptions
 from tickerq.redis.outage import OutageTracker
 from tickerq.scheduler.cron import CronSchedule, resolve_time_zone
@@ -88,6 +88,9 @@ class SchedulerService(Service):
         clock: Monotonic time and sleeping (store time comes from the store).
         interrupt: Breaks a store call blocked on a frozen server (closes the
             connections of the loop's own pool).
+        outage_events: Where the loop's outage events go (default ``events``); the
+            node runtime passes a deferred publisher, so that no subscriber runs on
+            the loop's thread.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class SchedulerService(Service):
         events: EventHub | None = None,
         clock: Clock = SYSTEM_CLOCK,
         interrupt: Callable[[], object] | None = None,
+        outage_events: Publisher | None = None,
     ) -> None:
         super().__init__("tickerq-scheduler", clock=clock)
         self._interrupt = interrupt
@@ -125,7 +129,7 @@ class SchedulerService(Service):
         self._next_expire = 0.0
         self._last_store_ms: int | None = None  # the store's clock at our last read...
         self._last_read_at = 0.0  # ...and our monotonic clock then
-        self._outage = OutageTracker("scheduler", log, self.events)
+        self._outage = OutageTracker("scheduler", log, outage_events or self.events)
 
     # -- the owner's view ------------------------------------------------------
 
