@@ -227,7 +227,7 @@ class NodeRuntime:
 
     def _step(self, step: str) -> None:
         self.steps.append(step)
-        log.debug("node %s: shutdown: %s", self.node_id, step)
+        log.debug("node %s: shutdown: %s (at %.3f)", self.node_id, step, time.monotonic())
 
     def __repr__(self) -> str:
         return f"NodeRuntime(node={self.node_id!r}, running={self.running}, forked={self._forked})"

@@ -218,6 +218,9 @@ class HeartbeatService(Service):
             log.error("%s", exc)
             return False
         except Exception as exc:  # a tick never ends the thread: every failure is ridden out
+            if self.stopping:  # interrupted by our own stop: not an outage
+                log.debug("heartbeat: stopped mid-beat: %s", exc)
+                return False
             self._failed(exc)
             return False
         return True

@@ -110,7 +110,7 @@ class LockManager:
         self.owner = owner
         self.watchdog = Watchdog(watchdog_client, on_resurrected=self._delete_key)
         self._client = client
-        self._calls = LockCalls(client, retries)
+        self._calls = LockCalls(client, retries, closed=lambda: self.watchdog.closed)
         self._pid = os.getpid()
         self._mutex = threading.Lock()
         self._floors: dict[str, tuple[int, int]] = {}  # name: (highest fence, longest ttl ms)

@@ -36,8 +36,13 @@ __all__ = ["SchedulerRunner"]
 
 log = logging.getLogger(__name__)
 
-#: Size of the scheduler loops' own pool (the executor loop and the wake subscription).
+#: Size of the executor loop's own pool.
 _POOL_SIZE = 2
+
+#: Connect and reply timeout of the wake subscription's own connection (s). redis-py's
+#: PubSub reconnects inside a failed read; on a frozen server that reconnect blocks for
+#: one such timeout, which bounds how long stopping the subscriber can take.
+_WAKE_TIMEOUT = 0.5
 
 
 class SchedulerRunner:
@@ -83,7 +88,7 @@ class SchedulerRunner:
         self.container = container
         self.clients = clients
         self.keys = keys
-        self._client: redis.Redis | None = None  # the loops' own, from ``clients``
+        self._clients: list[redis.Redis] = []  # the loops' own, from ``clients``
         self.dead_node_handlers = dead_node_handlers
         self.clock = clock
         self.service: SchedulerService | None = None
@@ -110,12 +115,19 @@ class SchedulerRunner:
         """Start the loop and its wake-ups; a no-op while running."""
         if self.running:
             return
-        store = self.store
+        store = wake_store = self.store
         interrupt: Callable[[], object] | None = None
+        wake_interrupt: Callable[[], object] | None = None
         if isinstance(store, RedisJobStore) and self.clients is not None and self.keys is not None:
-            self._client = client = self.clients.derive_client(_POOL_SIZE)
-            interrupt = client.connection_pool.disconnect
+            client = self.clients.derive_client(_POOL_SIZE)
+            wake_client = self.clients.derive_client(1, _WAKE_TIMEOUT)
+            self._clients = [client, wake_client]
+            interrupt, wake_interrupt = (
+                client.connection_pool.disconnect,
+                wake_client.connection_pool.disconnect,
+            )
             store = RedisJobStore(client, self.keys, retention=self.options.job_retention)
+            wake_store = RedisJobStore(wake_client, self.keys, retention=self.options.job_retention)
         self._store = store
         service = SchedulerService(
             store,
@@ -129,10 +141,10 @@ class SchedulerRunner:
             interrupt=interrupt,
         )
         wake: WakeSubscriber | None = None
-        if isinstance(store, RedisJobStore):
+        if isinstance(wake_store, RedisJobStore):
             events = self.service_events if self.service_events is not None else self.events
             wake = WakeSubscriber(
-                store, service.on_store_wake, events=events, interrupt=interrupt, clock=self.clock
+                wake_store, service.on_store_wake, events=events, interrupt=wake_interrupt, clock=self.clock
             )
         elif isinstance(store, MemoryJobStore):
             store.add_wake_listener(service.on_store_wake)
@@ -171,9 +183,10 @@ class SchedulerRunner:
         if handlers is not None and release is not None and release in handlers:
             handlers.remove(release)
         self._release_node = None
-        client, self._client = self._client, None
-        if self.clients is not None and client is not None:
-            self.clients.release_client(client)
+        clients, self._clients = self._clients, []
+        for client in clients:
+            if self.clients is not None:
+                self.clients.release_client(client)
         self._store = self.store
         return stopped
 
