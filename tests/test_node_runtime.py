@@ -223,8 +223,14 @@ def test_user_callbacks_run_on_dispatcher_threads_only(fault_server: RedisServer
     ctx.add_dead_node_handler(recorder("dead-node handler"))
     container.init_resources()
     try:
-        other = ctx.leader_election("other", lease=1.0, renew_deadline=0.6, retry_period=0.1,
-                                    on_elected=recorder("on_elected"), on_new_leader=recorder("on_new_leader"))  # fmt: skip
+        other = ctx.leader_election(
+            "other",
+            lease=1.0,
+            renew_deadline=0.6,
+            retry_period=0.1,
+            on_elected=recorder("on_elected"),
+            on_new_leader=recorder("on_new_leader"),
+        )
         other.start()
         wait_until(
             lambda: {"on_elected", "LeadershipAcquired", "dead-node handler", "NodesDead"} <= set(seen)
