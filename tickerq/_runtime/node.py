@@ -63,6 +63,9 @@ STOP_BUDGET = 0.9
 #: on a strand, so one slow callback holds one worker, not the others.
 DISPATCH_WORKERS = 4
 
+#: How long idle dispatcher workers get to end when the deadline has already passed (s).
+_IDLE_WORKER_GRACE = 0.05
+
 _RUNTIMES: weakref.WeakSet[NodeRuntime] = weakref.WeakSet()
 
 
@@ -196,7 +199,10 @@ class NodeRuntime:
                     self.context.release_waiters(deadline)
                 self._step("dispatcher")
                 self.dispatcher.request_stop()
-                stopped = self.dispatcher.wait_stopped(deadline) and stopped
+                # Idle workers end as soon as they see the stop: a moment for them even
+                # when the services used up the deadline.
+                floor = time.monotonic() + _IDLE_WORKER_GRACE
+                stopped = self.dispatcher.wait_stopped(max(deadline, floor)) and stopped
             if self.connections is not None:
                 self._step("pools closed")
                 self.connections.close()

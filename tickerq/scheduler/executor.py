@@ -143,6 +143,11 @@ class SchedulerService(Service):
         self.workers.start()
         super().start()
 
+    def interrupt(self) -> None:
+        """Break a store call blocked on a frozen server (the ``interrupt`` given: closes the pool)."""
+        if self._interrupt is not None:
+            self._interrupt()
+
     def on_store_wake(self, _due_ms: int | None = None) -> None:
         """Wake-up from the store (new or returned work): look now."""
         self.wake()
