@@ -16,12 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tickerq.errors import ShutdownError
 from tickerq.events import Publisher
 
-__all__ = ["DeferredPublisher", "Dispatcher", "DispatcherStoppedError"]
+__all__ = ["DeferredPublisher", "Dispatcher", "DispatcherStoppedError", "Executor"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,14 @@ _Item = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]
 
 class DispatcherStoppedError(ShutdownError):
     """Work was handed to a dispatcher that is stopping or stopped."""
+
+
+class Executor(Protocol):
+    """Where work is queued: a :class:`Dispatcher`, or a strand over one (order kept)."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, description: str = "", **kwargs: Any) -> Future[T]:
+        """Queue ``fn(*args, **kwargs)``; raises ``DispatcherStoppedError`` while stopping."""
+        ...
 
 
 class Dispatcher:
@@ -177,15 +185,16 @@ class Dispatcher:
 class DeferredPublisher:
     """Publishes to an event hub from the dispatcher, so subscribers never run on a service thread.
 
-    Events keep their order when the dispatcher has one worker. While the
-    dispatcher is stopping, events are dropped (logged at debug level).
+    Events keep their order when ``dispatcher`` is a strand (or a dispatcher of
+    one worker). While the dispatcher is stopping, events are dropped (logged at
+    debug level).
 
     Args:
         hub: The event hub whose subscribers get the events.
-        dispatcher: Where the subscribers run.
+        dispatcher: Where the subscribers run: a dispatcher, or a strand over one.
     """
 
-    def __init__(self, hub: Publisher, dispatcher: Dispatcher) -> None:
+    def __init__(self, hub: Publisher, dispatcher: Executor) -> None:
         self.hub = hub
         self.dispatcher = dispatcher
 

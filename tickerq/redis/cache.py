@@ -34,14 +34,20 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from datetime import timedelta
 from typing import TypeVar
 
 import redis
 
 from tickerq.durations import Duration, to_milliseconds, to_timedelta
-from tickerq.errors import KeyTypeError, RedisUnavailableError, SerializationError, TickerQError
+from tickerq.errors import (
+    KeyTypeError,
+    RedisUnavailableError,
+    SerializationError,
+    ShutdownError,
+    TickerQError,
+)
 from tickerq.redis.breaker import CircuitBreaker
 from tickerq.redis.entry import FIELDS, NOT_SET, sliding_renewal_ms
 from tickerq.redis.keys import Keys
@@ -118,6 +124,28 @@ class DistributedCache:
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
         self._pid = os.getpid()
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        """Release the threads waiting for a computation with ``ShutdownError``; safe twice.
+
+        Threads waiting for another thread's (or process's) factory raise at once;
+        a factory already running finishes for its own caller. Later calls still
+        work, but any of them that would wait for another computer raises.
+        """
+        self._closed.set()
+        with self._flights_lock:
+            flights = list(self._flights.items())
+        for key, flight in flights:
+            # The leader's own result, set later, is then ignored (see _settle).
+            _settle(flight, exception=self._shutdown(key))
+
+    def _shutdown(self, key: str) -> ShutdownError:
+        return ShutdownError(
+            f"cache entry {key!r}: shutdown_resources() released this wait for its computation",
+            operation="cache get_or_set",
+            key=key,
+        )
 
     def get_or_set_array(
         self,
@@ -236,6 +264,8 @@ class DistributedCache:
         if not leader:
             if flight.leader == threading.get_ident():
                 raise TickerQError(f"the factory for cache entry {key!r} asked for that same entry")
+            if self._closed.is_set():
+                raise self._shutdown(key)
             payload = flight.result()  # re-raises the leader's exception, as Future does
             if payload is None:
                 return None
@@ -251,10 +281,10 @@ class DistributedCache:
                 value, payload = _compute(factory)
         except BaseException as exc:
             self._land(key, flight)
-            flight.set_exception(exc)
+            _settle(flight, exception=exc)
             raise
         self._land(key, flight)
-        flight.set_result(payload)
+        _settle(flight, payload)
         return value
 
     def _land(self, key: str, flight: _Flight) -> None:
@@ -278,6 +308,8 @@ class DistributedCache:
         deadline = time.monotonic() + self._wait_bound_s
         delay = _FIRST_POLL_S
         while True:
+            if self._closed.is_set():
+                raise self._shutdown(key)
             if self._breaker.state == "open":  # another thread found Redis down: do not wait on it
                 return _compute(factory)
             try:
@@ -306,7 +338,8 @@ class DistributedCache:
                     self._wait_bound_s,
                 )
                 return self._compute_and_store(key, lock_key, token, factory, ttl_ms, force=True)
-            time.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
+            if self._closed.wait(min(remaining, delay * random.uniform(0.5, 1.0))):
+                raise self._shutdown(key)
             delay = min(delay * 2, _MAX_POLL_S)
 
     def _compute_and_store(
@@ -408,6 +441,17 @@ class DistributedCache:
 
     def __repr__(self) -> str:
         return f"DistributedCache(instance={self._keys.instance!r}, breaker={self._breaker.state!r})"
+
+
+def _settle(flight: _Flight, payload: bytes | None = None, *, exception: BaseException | None = None) -> None:
+    """Set a flight's outcome unless ``close()`` already released its waiters."""
+    try:
+        if exception is not None:
+            flight.set_exception(exception)
+        else:
+            flight.set_result(payload)
+    except InvalidStateError:
+        pass
 
 
 def _text(value: bytes | str) -> str:

@@ -1,16 +1,19 @@
 """``RedisContext``: the one object applications use for multi-node coordination.
 
-The container builds one per process: a Resource, so every call returns the
-same object until ``shutdown_resources()`` closes it (a later
-``init_resources()`` builds a fresh one on fresh connections). It does no I/O
-when built and starts no thread by itself: the heartbeat is a Resource of its
-own; the lock watchdog and elections start when first needed and stop when the
-context closes (or, at the latest, when its connections close).
+The node runtime (:mod:`tickerq._runtime.node`) builds one per node: every
+``container.redis_context()`` returns the same object until
+``shutdown_resources()`` closes it (a later ``init_resources()`` builds a fresh
+one on fresh connections). It does no I/O when built and starts no thread by
+itself: the heartbeat is the runtime's; the lock watchdog and elections start
+when first needed, and the runtime stops them in its shutdown order (elections
+with the other services, then the watchdog and blocked callers; a context used
+on its own stops them on :meth:`RedisContext.close`, or when its connections close).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -18,6 +21,8 @@ from typing import TypeVar
 
 import redis
 
+from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
+from tickerq._runtime.dispatcher import Dispatcher
 from tickerq.durations import Duration
 from tickerq.events import EventHub
 from tickerq.options import RedisOptions
@@ -44,12 +49,24 @@ class RedisContext:
         options: Frozen Redis options.
         node_id: This node's identifier.
         events: The in-process event hub.
+        dispatcher: Where elections started from this context run their callbacks
+            (the node runtime's shared one); None: each election its own.
+        clock: Where elections take time from.
     """
 
     def __init__(
-        self, connections: RedisConnections, options: RedisOptions, node_id: str, events: EventHub
+        self,
+        connections: RedisConnections,
+        options: RedisOptions,
+        node_id: str,
+        events: EventHub,
+        *,
+        dispatcher: Dispatcher | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.connections = connections
+        self.dispatcher = dispatcher
+        self.clock = clock
         self.options = options
         self.node_id = node_id
         self.events = events
@@ -212,23 +229,54 @@ class RedisContext:
             on_new_leader=on_new_leader,
             events=self.events,
             clients=self.connections,
+            dispatcher=self.dispatcher,
+            clock=self.clock,
         )
         with self._elections_lock:
             self._elections.add(election)
         return election
 
+    def request_stop(self) -> None:
+        """Tell every election started from this context to stop (no waiting); see :meth:`wait_stopped`."""
+        with self._elections_lock:
+            elections = list(self._elections)
+        for election in elections:
+            election.request_stop()
+
+    def wait_stopped(self, deadline: float) -> bool:
+        """Wait for the elections told to stop by :meth:`request_stop`, until ``deadline``.
+
+        ``deadline`` is a ``time.monotonic()`` reading.
+
+        Returns:
+            Whether every election's threads ended in time.
+        """
+        with self._elections_lock:
+            elections = list(self._elections)
+            self._elections.clear()
+        ended = [election.wait_stopped(max(0.0, deadline - time.monotonic())) for election in elections]
+        return all(ended)
+
+    def release_waiters(self, deadline: float) -> None:
+        """Stop the lock watchdog and release callers blocked here with ``ShutdownError``.
+
+        Threads waiting in ``Lock.acquire()`` or for another caller's cache
+        computation raise :class:`~tickerq.errors.ShutdownError` at once.
+        """
+        self._cache.close()
+        self._locks.close(max(0.0, deadline - time.monotonic()))
+
     def close(self) -> None:
-        """Stop the lock watchdog and every election started from this context.
+        """Stop every election started from this context and the lock watchdog; release waiters.
 
         The elections are all told to stop first, then waited for against one
         deadline, so closing takes as long as the slowest of them (within one
         call timeout, 0.5 s, while Redis hangs), not their sum.
         """
-        with self._elections_lock:
-            elections = list(self._elections)
-            self._elections.clear()
-        LeaderElection.stop_all(elections)
-        self._locks.close()
+        self.request_stop()
+        deadline = time.monotonic() + 2.0
+        self.wait_stopped(deadline)
+        self.release_waiters(deadline)
 
     def __enter__(self) -> RedisContext:
         return self

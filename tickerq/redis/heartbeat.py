@@ -27,16 +27,17 @@ raise ``ConfigurationError`` (the thread, when it makes that first beat, ends in
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from types import TracebackType
 
 import redis
 
+from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
 from tickerq._runtime.dispatcher import DeferredPublisher, Dispatcher
+from tickerq._runtime.service import Service
+from tickerq._runtime.strand import Strand
 from tickerq.errors import ConfigurationError, ShutdownError, TickerQError
 from tickerq.events import EventHub, NodeHeartbeat, NodesDead
 from tickerq.redis.outage import OutageTracker
@@ -53,18 +54,18 @@ DeadNodeHandler = Callable[[str], object]
 #: to beat in each interval finds it free.
 _SCAN_LEASE_FRACTION = 0.8
 
-#: Beats after a failed one that do not scan (the other nodes are reconnecting too).
+#: Beats after a failed one that do not scan (the other nodes are reconnecting too,
+#: and their heartbeats may have expired meanwhile: they are not dead).
 QUIET_BEATS_AFTER_OUTAGE = 2
 
-#: How long stop() lets a tick in flight finish before it interrupts it.
-_GRACEFUL_STOP = 0.05
 
+class HeartbeatService(Service):
+    """Runs :meth:`NodeRegistry.beat` every interval on the service thread ``tickerq-heartbeat``.
 
-class HeartbeatService:
-    """Runs :meth:`NodeRegistry.beat` every interval on a daemon thread.
-
-    Use it as a context manager (that is how the container runs it) or call
-    :meth:`start` and :meth:`stop`.
+    A runtime :class:`~tickerq._runtime.service.Service`: :meth:`start`, then
+    :meth:`stop`, or :meth:`request_stop` and :meth:`wait_stopped` against a
+    deadline (how the node runtime stops it, last of its services). Also a
+    context manager.
 
     Args:
         registry: The node registry to beat into (on a client of its own: a
@@ -83,10 +84,13 @@ class HeartbeatService:
             node's identifier (else only warn).
         dispatcher: Where dead-node handlers and event subscribers run (user code
             never runs on the heartbeat thread, so a slow handler cannot delay a
-            beat). Default: a one-worker dispatcher of its own, stopped by ``stop()``.
+            beat); events keep their order on a strand of it. Default: a
+            one-worker dispatcher of its own, stopped with the service; a given
+            one (the node runtime's) is not stopped here.
         remover: The registry that removes handled dead nodes, from the dispatcher
             (default ``registry``; the container passes one on the main pool, as
             the heartbeat's own connection is the heartbeat thread's).
+        clock: Where the loop takes time from and sleeps on.
     """
 
     def __init__(
@@ -103,27 +107,30 @@ class HeartbeatService:
         refuse_duplicate: bool = False,
         dispatcher: Dispatcher | None = None,
         remover: NodeRegistry | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        super().__init__("tickerq-heartbeat", clock=clock)
         self.registry = registry
         self.interval = interval.total_seconds()
         self.retry_interval = min(retry_interval.total_seconds(), self.interval)
         self._scan_lease = interval * _SCAN_LEASE_FRACTION
         self._owns_dispatcher = dispatcher is None
         self._dispatcher = dispatcher if dispatcher is not None else Dispatcher("tickerq-heartbeat-callbacks")
-        self._events = DeferredPublisher(events, self._dispatcher)
+        self._events = DeferredPublisher(events, Strand(self._dispatcher, "heartbeat events"))
         self._remover = remover if remover is not None else registry
         self._handling: set[str] = set()  # dead nodes whose handlers are queued or running
         self._handling_lock = threading.Lock()
         self._handlers = handlers if handlers is not None else []
         self._interrupt = interrupt
         self._on_failure = on_failure
-        self._beat_on_start = beat_on_start
+        #: Whether ``start()`` writes the first heartbeat (the runtime sets it from its start-up check).
+        self.beat_on_start = beat_on_start
         self._refuse_duplicate = refuse_duplicate
         self._joined = False  # True after this process's first successful beat
         self._refused: ConfigurationError | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
+        self._quiet = 0  # successful beats to make before the next scan
+        self._answered = False  # the last attempt got an answer: wait a whole interval
+        self._waited = False  # the first iteration only waits (start() made the first attempt)
         self._outage = OutageTracker("heartbeat", log, self._events)
         self.last_beat: Beat | None = None
 
@@ -134,11 +141,6 @@ class HeartbeatService:
         without raising; otherwise the next scan offers it again.
         """
         self._handlers.append(handler)
-
-    @property
-    def running(self) -> bool:
-        """True while the thread runs in this process (False in a forked child)."""
-        return self._pid == os.getpid() and self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         """Write the first heartbeat now (when Redis answers), then start the thread.
@@ -151,45 +153,54 @@ class HeartbeatService:
         """
         if self.running:
             return
-        if self._pid != os.getpid():
+        if self.forked:
             self._joined = False  # a forked child is another process, with its own token
-        self._pid = os.getpid()
         self._refused = None
         if self._owns_dispatcher:
             self._dispatcher.start()
-        self._stop = stop = threading.Event()
         # Not beating now (Redis was down at start-up) counts as a failed beat: the
         # thread tries again after the retry interval, not after a whole interval.
-        beaten = self._beat_on_start and self.tick(scan=False)
+        self._answered = self.beat_on_start and self.tick(scan=False)
+        self._quiet = 0 if self._answered else 1
         if self._refused is not None:
             raise self._refused
-        self._thread = threading.Thread(
-            target=self._run, args=(stop, beaten), name="tickerq-heartbeat", daemon=True
-        )
-        self._thread.start()
+        self._waited = False
+        super().start()
 
-    def stop(self, timeout: float = 1.0) -> None:
-        """Stop the thread within ``timeout`` seconds, even mid-tick. Safe to call twice.
+    def wait_stopped(self, deadline: float) -> bool:
+        """Wait for the thread (interrupting a tick blocked on a frozen server), until ``deadline``.
 
-        A tick still waiting on Redis after a moment is interrupted by closing
-        its connection.
+        A dispatcher of the service's own is stopped too; a shared one is its owner's.
+
+        Returns:
+            True when the thread has ended.
         """
-        ends = time.monotonic() + timeout
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
-            thread.join(min(timeout, _GRACEFUL_STOP))
-            if thread.is_alive() and self._interrupt is not None:
-                self._interrupt()
-            thread.join(max(0.0, ends - time.monotonic()))
-            if thread.is_alive():
-                log.warning(
-                    "the heartbeat thread did not stop within %.1f s; it is a daemon and will not beat",
-                    timeout,
-                )
+        stopped = super().wait_stopped(deadline)
         if self._owns_dispatcher:
             self._dispatcher.request_stop()
-            self._dispatcher.wait_stopped(ends)
+            stopped = self._dispatcher.wait_stopped(deadline) and stopped
+        return stopped
+
+    def interrupt(self) -> None:
+        """Close the heartbeat's connection, waking a tick blocked on a frozen server."""
+        if self._interrupt is not None:
+            self._interrupt()
+
+    def run_once(self) -> float | None:
+        """Wait out the interval after the last attempt, then beat (and scan once a beat succeeded)."""
+        if self._waited:
+            # The first beat that succeeds does not scan, also when it is not start()'s, nor
+            # do the first ones after a failure.
+            self._answered = self.tick(scan=self._quiet == 0)
+            if not self._answered:
+                self._quiet = max(self._quiet, QUIET_BEATS_AFTER_OUTAGE)
+            elif self._quiet:
+                self._quiet -= 1
+            if self._refused is not None:
+                self.request_stop()
+                return None
+        self._waited = True
+        return self.interval if self._answered else self.retry_interval
 
     def tick(self, scan: bool = True) -> bool:
         """One heartbeat (and scan, if ``scan`` and this node gets the lease). Never raises.
@@ -220,6 +231,9 @@ class HeartbeatService:
             log.error("%s", exc)
             return False
         except Exception as exc:  # a tick never ends the thread: every failure is ridden out
+            if self.stopping:  # interrupted by our own stop: not an outage
+                log.debug("heartbeat: stopped mid-beat: %s", exc)
+                return False
             self._failed(exc)
             return False
         return True
@@ -278,20 +292,6 @@ class HeartbeatService:
                 log.exception("dead-node handler %r failed for node %s; it stays registered", handler, node)
                 ok = False
         return ok
-
-    def _run(self, stop: threading.Event, beaten: bool) -> None:
-        # ``stop`` is this thread's own event: a later start() gets a new one. The first
-        # beat that succeeds does not scan, also when it is not start()'s (module docstring).
-        answered = beaten
-        quiet = 0 if beaten else 1  # successful beats to make before the next scan
-        while not stop.wait(self.interval if answered else self.retry_interval):
-            answered = self.tick(scan=quiet == 0)
-            if not answered:
-                quiet = max(quiet, QUIET_BEATS_AFTER_OUTAGE)
-            elif quiet:
-                quiet -= 1
-            if self._refused is not None:
-                return
 
     def __enter__(self) -> HeartbeatService:
         self.start()

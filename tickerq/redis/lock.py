@@ -120,7 +120,7 @@ class LockManager:
         self._own_dispatcher = dispatcher is None
         self.dispatcher = dispatcher if dispatcher is not None else Dispatcher("tickerq-lock-lost")
         self._client = client
-        self._calls = LockCalls(client, retries)
+        self._calls = LockCalls(client, retries, closed=lambda: self.watchdog.closed)
         self._pid = os.getpid()
         self._mutex = threading.Lock()
         self._floors = FenceFloors(_MAX_FLOORS)  # name: (highest fence, longest ttl ms)

@@ -18,6 +18,7 @@ timeout is not retried: a frozen server would not answer a retry either.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -96,9 +97,14 @@ class LockCalls:
             not retry (the container gives the retry-free ``fail_fast`` pool).
         retries: How often a connection error is retried within a call's bound
             (default: as often as ``client``'s ``Retry`` says).
+        closed: True once shutdown began: a failed call is then not retried (a retry
+            would reconnect to a server that may be frozen, past the shutdown).
     """
 
-    def __init__(self, client: redis.Redis, retries: int | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis, retries: int | None = None, closed: Callable[[], bool] = lambda: False
+    ) -> None:
+        self._closed = closed
         self._pool = client.connection_pool
         #: The client's reply timeout (sync_timeout), in seconds; None: unbounded.
         self.timeout: float | None = self._pool.connection_kwargs.get("socket_timeout")
@@ -138,6 +144,7 @@ class LockCalls:
                     isinstance(exc, redis.ConnectionError)
                     and not isinstance(exc, redis.AuthenticationError)
                     and failures < self._retries
+                    and not self._closed()
                     and (call_ends is None or time.monotonic() + delay < call_ends)
                     and (ends is None or time.monotonic() + delay < ends)
                 )

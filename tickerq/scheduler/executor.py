@@ -33,7 +33,7 @@ from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
 from tickerq._runtime.dispatcher import Dispatcher, DispatcherStoppedError
 from tickerq._runtime.service import Service
 from tickerq.errors import TickerQError
-from tickerq.events import EventHub, TickerFailed, TickerFinished, TickerQueued, TickerStarted
+from tickerq.events import EventHub, Publisher, TickerFailed, TickerFinished, TickerQueued, TickerStarted
 from tickerq.options import SchedulerOptions
 from tickerq.redis.outage import OutageTracker
 from tickerq.scheduler.cron import CronSchedule, resolve_time_zone
@@ -94,6 +94,9 @@ class SchedulerService(Service):
         clock: Monotonic time and sleeping (store time comes from the store).
         interrupt: Breaks a store call blocked on a frozen server (closes the
             connections of the loop's own pool).
+        outage_events: Where the loop's outage events go (default ``events``); the
+            node runtime passes a deferred publisher, so that no subscriber runs on
+            the loop's thread.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class SchedulerService(Service):
         events: EventHub | None = None,
         clock: Clock = SYSTEM_CLOCK,
         interrupt: Callable[[], object] | None = None,
+        outage_events: Publisher | None = None,
     ) -> None:
         super().__init__("tickerq-scheduler", clock=clock)
         self._interrupt = interrupt
@@ -131,7 +135,7 @@ class SchedulerService(Service):
         self._next_expire = 0.0
         self._last_store_ms: int | None = None  # the store's clock at our last read...
         self._last_read_at = 0.0  # ...and our monotonic clock then
-        self._outage = OutageTracker("scheduler", log, self.events)
+        self._outage = OutageTracker("scheduler", log, outage_events or self.events)
 
     # -- the owner's view ------------------------------------------------------
 
@@ -144,6 +148,11 @@ class SchedulerService(Service):
         """Start the loop (and accept work on the workers again)."""
         self.workers.start()
         super().start()
+
+    def interrupt(self) -> None:
+        """Break a store call blocked on a frozen server (the ``interrupt`` given: closes the pool)."""
+        if self._interrupt is not None:
+            self._interrupt()
 
     def on_store_wake(self, _due_ms: int | None = None) -> None:
         """Wake-up from the store (new or returned work): look now."""

@@ -18,7 +18,7 @@ import redis.client
 
 from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
 from tickerq._runtime.service import Service
-from tickerq.events import EventHub
+from tickerq.events import Publisher
 from tickerq.redis.outage import OutageTracker
 from tickerq.scheduler.redis_store import RedisJobStore, parse_wake
 
@@ -47,7 +47,7 @@ class WakeSubscriber(Service):
         store: RedisJobStore,
         wake: Callable[[int | None], object],
         *,
-        events: EventHub | None = None,
+        events: Publisher | None = None,
         retry_interval: float = 1.0,
         interrupt: Callable[[], object] | None = None,
         clock: Clock = SYSTEM_CLOCK,
