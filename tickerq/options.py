@@ -21,7 +21,7 @@ import redis
 
 from tickerq.durations import to_timedelta
 from tickerq.errors import ConfigurationError
-from tickerq.redis.config import mask_configuration, parse_configuration
+from tickerq.redis.config import ConnectionSettings, mask_configuration, parse_configuration
 from tickerq.redis.election_timings import (
     DEFAULT_LEASE,
     DEFAULT_RENEW_DEADLINE,
@@ -275,6 +275,11 @@ class RedisOptions(_Options):
     foreign_dead_node_grace: timedelta | None = _optional_grace_field()
     on_duplicate_node: str = attrs.field(default="warn", validator=_one_of("warn", "refuse"))
     _frozen: bool = attrs.field(default=False, init=False, repr=False, eq=False)
+
+    @property
+    def connection_settings(self) -> ConnectionSettings | None:
+        """``configuration`` parsed (once: the parse that validated it is reused), or None."""
+        return None if self.configuration is None else parse_configuration(self.configuration)
 
     @property
     def heartbeat_ttl(self) -> timedelta:

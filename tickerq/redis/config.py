@@ -44,6 +44,7 @@ a URL's userinfo password up to the *last* ``@`` of the text.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
@@ -240,8 +241,12 @@ def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+@functools.lru_cache(maxsize=32)
 def parse_configuration(text: str) -> ConnectionSettings:
     """Parse a StackExchange.Redis option string or a redis-py URL.
+
+    A string is parsed once: validating the option and opening the connections
+    share the result (the settings are immutable). A refused string is not cached.
 
     Args:
         text: E.g. ``"localhost:6379,password=x"``,

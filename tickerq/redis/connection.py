@@ -26,7 +26,7 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from tickerq.errors import ConfigurationError, ConnectionFailedError
 from tickerq.options import RedisOptions
-from tickerq.redis.config import ConnectionSettings, Endpoint, parse_configuration
+from tickerq.redis.config import ConnectionSettings, Endpoint
 from tickerq.redis.translate import authentication_failed
 
 __all__ = ["ClientSource", "DerivedClients", "RedisConnections", "derive_pool", "open_connections"]
@@ -368,8 +368,8 @@ def open_connections(options: RedisOptions | None) -> RedisConnections:
             description=f"the given client ({options.client.connection_pool!r})",
             **common,
         )
-    assert options.configuration is not None  # checked by TickerQOptions.frozen_copy
-    settings = parse_configuration(options.configuration)
+    settings = options.connection_settings
+    assert settings is not None  # checked by TickerQOptions.frozen_copy
     kwargs = _connection_kwargs(settings, options)
     retries = options.connect_retry if settings.connect_retry is None else settings.connect_retry
     common["connect_retry"] = retries

@@ -16,7 +16,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from datetime import timedelta
 from typing import TypeVar
 
 import redis
@@ -32,7 +31,7 @@ from tickerq.redis.election import LeaderElection
 from tickerq.redis.election_timings import DEFAULT_LEASE, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD
 from tickerq.redis.heartbeat import DeadNodeHandler
 from tickerq.redis.keys import Keys
-from tickerq.redis.lock import Lease, Lock, LockManager
+from tickerq.redis.lock import DEFAULT_TTL, Lease, Lock, LockManager
 from tickerq.redis.lock_calls import retries_of
 from tickerq.redis.registry import NodeHealthStatus, NodeRegistry
 
@@ -177,7 +176,7 @@ class RedisContext:
     def lock(
         self,
         name: str,
-        ttl: Duration = timedelta(seconds=30),
+        ttl: Duration = DEFAULT_TTL,
         *,
         blocking: bool = True,
         wait_timeout: Duration | None = None,

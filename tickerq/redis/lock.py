@@ -59,12 +59,12 @@ from tickerq.errors import LockError, LockLostError, LockTimeoutError, ShutdownE
 from tickerq.redis.keys import Keys
 from tickerq.redis.lease import LOST, RENEW, Lease, LockKeys, Renewal, renew_arguments
 from tickerq.redis.lock_calls import ACQUIRE, RELEASE, LockCalls, LockCommands, pack
-from tickerq.redis.lock_handle import MIN_TTL, Lock
+from tickerq.redis.lock_handle import DEFAULT_TTL, MIN_TTL, Lock
 from tickerq.redis.watchdog import Watchdog
 
 __all__ = [
-    "ACQUIRE", "DEAD_WAITER_STALL_BOUND", "MIN_TTL", "RECOVERING", "RELEASE", "Lease", "Lock", "LockKeys",
-    "LockManager",
+    "ACQUIRE", "DEAD_WAITER_STALL_BOUND", "DEFAULT_TTL", "MIN_TTL", "RECOVERING", "RELEASE", "Lease", "Lock",
+    "LockKeys", "LockManager",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class LockManager:
         self._max_block = max(0.01, min(WAITER_POLL, timeout / 2)) if timeout else WAITER_POLL
 
     def lock(
-        self, name: str, ttl: Duration = timedelta(seconds=30), *, blocking: bool = True,
+        self, name: str, ttl: Duration = DEFAULT_TTL, *, blocking: bool = True,
         wait_timeout: Duration | None = None, auto_renew: bool = True,
         on_lost: Callable[[Lease], None] | None = None, reentrant: bool = False,
     ) -> Lock:  # fmt: skip

@@ -20,7 +20,7 @@ from tickerq.redis.lease import Lease
 if TYPE_CHECKING:
     from tickerq.redis.lock import LockManager
 
-__all__ = ["MIN_TTL", "Lock", "lock_ttl"]
+__all__ = ["DEFAULT_TTL", "MIN_TTL", "Lock", "lock_ttl"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 #: and renewer threads to wake (each may wait a GIL switch interval, 5 ms, on a busy process),
 #: a round trip, and a retry (after ttl/6 at most) if that one failed. At 100 ms that is 64 ms;
 #: much shorter, the thread wake-ups alone eat the margin and the lease is lost while Redis is fine.
+#: A lock's ttl unless the caller gives one.
+DEFAULT_TTL = timedelta(seconds=30)
+
 MIN_TTL = timedelta(milliseconds=100)
 
 
