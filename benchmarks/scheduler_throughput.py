@@ -1,0 +1,109 @@
+"""The scheduler end to end: N no-op timed jobs due at once, drained by 1 and by 3 nodes.
+
+Each node is a real process (``_scheduler_node.py``: a container with ``add_redis`` and a
+no-op ticker function, default options, so ``max_concurrency`` = the CPU count). The nodes
+start and idle; this process (a producer container) schedules N jobs with ``schedule_many``,
+all due at one instant T a moment ahead (not timed). The time counted runs from T on Redis's
+clock to the moment the last job is DONE in the store (the finished index polled every 2 ms).
+
+Round trips per job are counted in the node processes (every request their connections
+write, between a mark taken before T and one after the last job: the drain only, heartbeats
+and idle loops included), and cross-checked on the server (``evalsha`` calls per job from
+``INFO commandstats``).
+
+In the same run, on the same redis-server: RQ's ``SimpleWorker`` and Huey's consumer (one
+thread worker) drain N no-op jobs (``_peers.py``); their requests are counted on their
+client the same way, from the start of the drain. Needs ``pip install -e ".[bench]"``.
+
+    python benchmarks/scheduler_throughput.py [--quick] [--jobs N] [--nodes 1,3] [--no-peers]
+
+Targets: >= 5x RQ, >= Huey's rate (aim 1.5x); 3 nodes beat 1; <= 3 round trips per job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import UTC, datetime
+
+from _common import counting_client, describe_machine
+from _scheduler_bench import nodes, producer, redis_now_ms, total, wait_finished
+
+from tickerq import TimeTicker
+from tickerq.testing import RedisServer
+
+FUNCTION = "BenchNoop"
+
+
+def tickerq_run(server: RedisServer, admin, n: int, node_count: int) -> tuple[float, float, float, list[int]]:  # type: ignore[no-untyped-def]
+    """Jobs/s, round trips per job (client side), evalsha per job (server side), runs per node."""
+    admin.flushall()
+    with nodes(server, node_count) as processes, producer(server) as manager:
+        lead_ms = 1000 + n // 10  # scheduling takes well under this
+        due_ms = redis_now_ms(admin) + lead_ms
+        at = datetime.fromtimestamp(due_ms / 1000, UTC)
+        manager.schedule_many(TimeTicker(function=FUNCTION, at=at) for _ in range(n))
+        before = [node.mark() for node in processes]
+        admin.config_resetstat()
+        if redis_now_ms(admin) >= due_ms - 50:
+            raise RuntimeError(f"scheduling {n} jobs took longer than the {lead_ms} ms lead")
+        done_ms = wait_finished(admin, n, timeout=120 + n / 50)
+        after = [node.mark() for node in processes]
+        stats = admin.info("commandstats")
+    scripts = int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    runs = [a.runs - b.runs for a, b in zip(after, before, strict=True)]
+    if sum(runs) != n:
+        raise RuntimeError(f"{sum(runs)} runs for {n} jobs")
+    requests = total(after, "requests") - total(before, "requests")
+    return n / ((done_ms - due_ms) / 1000), requests / n, scripts / n, runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2,000 jobs instead of 10,000")
+    parser.add_argument("--jobs", type=int, default=None, help="jobs per run (default 10,000)")
+    parser.add_argument("--nodes", default="1,3", help="node counts to run (default 1,3)")
+    parser.add_argument("--no-peers", action="store_true", help="skip RQ and Huey")
+    args = parser.parse_args()
+    n = args.jobs or (2_000 if args.quick else 10_000)
+    node_counts = [int(count) for count in args.nodes.split(",")]
+
+    with RedisServer() as server, server.client() as admin, counting_client(server) as (client, counter):
+        print(describe_machine(admin))
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"{n:,} no-op jobs due at once\n")
+        rows: list[tuple[str, float, float | None, str]] = []
+        for count in node_counts:
+            rate, trips, scripts, runs = tickerq_run(server, admin, n, count)
+            detail = f"{scripts:.2f} evalsha/job; runs per node {runs}"
+            rows.append((f"tickerq, {count} node{'s' if count > 1 else ''}", rate, trips, detail))
+        peers: dict[str, float] = {}
+        if not args.no_peers:
+            from _peers import huey_tasks_per_second, rq_jobs_per_second
+
+            mark = [0]
+
+            def on_drain() -> None:
+                mark[0] = counter.count
+
+            rate = rq_jobs_per_second(client, n, on_drain)
+            peers["RQ"] = rate
+            rows.append(("RQ 3.0 SimpleWorker", rate, (counter.count - mark[0]) / n, ""))
+            rate = huey_tasks_per_second(client, n, on_drain)
+            peers["Huey"] = rate
+            rows.append(("Huey 3.5, 1 thread worker", rate, (counter.count - mark[0]) / n, ""))
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+
+    header = f"{'':28} {'jobs/s':>8} {'round trips/job':>16}"
+    for name in peers:
+        header += f" {'vs ' + name:>8}"
+    print(header)
+    for name, rate, trips, detail in rows:
+        line = f"{name:28} {rate:8,.0f} {trips if trips is not None else float('nan'):16.2f}"
+        for peer in peers.values():
+            line += f" {rate / peer:7.2f}x"
+        print(line + (f"   ({detail})" if detail else ""))
+
+
+if __name__ == "__main__":
+    main()
