@@ -39,6 +39,7 @@ class NodeReport:
     requests: int
     runs: int
     latencies_ms: tuple[float, ...]
+    cpu_s: float
 
 
 class NodeProcess:
@@ -71,7 +72,10 @@ class NodeProcess:
         self.process.stdin.flush()
         data = orjson.loads(self._line())
         return NodeReport(
-            requests=data["requests"], runs=data["runs"], latencies_ms=tuple(data["latencies_ms"])
+            requests=data["requests"],
+            runs=data["runs"],
+            latencies_ms=tuple(data["latencies_ms"]),
+            cpu_s=data["cpu_s"],
         )
 
     def stop(self) -> None:
@@ -141,6 +145,6 @@ def wait_finished(client: redis.Redis, n: int, timeout: float, poll: float = 0.0
         time.sleep(poll)
 
 
-def total(reports: Sequence[NodeReport], field: str) -> int:
+def total(reports: Sequence[NodeReport], field: str) -> float:
     """The sum of one counter over nodes."""
-    return sum(int(getattr(report, field)) for report in reports)
+    return sum(getattr(report, field) for report in reports)

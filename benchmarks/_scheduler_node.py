@@ -15,12 +15,18 @@ trip: redis-py waits for a reply before it writes the next request, and a
 pipeline is one write). Talks on stdin/stdout, one line each:
 
 - prints ``ready`` once ``init_resources()`` returned;
-- on ``mark`` prints ``{"requests": n, "runs": n, "latencies_ms": [...]}``;
+- on ``mark`` prints ``{"requests": n, "runs": n, "latencies_ms": [...], "cpu_s": s}``
+  (``cpu_s``: the process's user + system CPU time so far);
 - on end of input shuts down and exits.
+
+With ``TICKERQ_BENCH_PROFILE=path``, the time between the first and the second
+``mark`` is profiled with yappi (every thread, CPU time) and written to ``path``
+(pstats format; ``pip install yappi``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -68,6 +74,17 @@ def bench_latency(context: TickerFunctionContext) -> None:
         _latencies_ms.append(late_ms)
 
 
+def _profile(path: str, mark: int) -> None:
+    import yappi  # type: ignore[import-not-found]
+
+    if mark == 1:
+        yappi.set_clock_type("cpu")
+        yappi.start()
+    elif mark == 2:
+        yappi.stop()
+        yappi.get_func_stats().save(path, type="pstat")
+
+
 def main() -> None:
     address, node = sys.argv[1:3]
     concurrency = int(sys.argv[3]) if len(sys.argv) > 3 else None
@@ -83,10 +100,20 @@ def main() -> None:
     container = add_tickerq(configure, functions=functions)
     container.init_resources()
     print("ready", flush=True)
+    profile = os.environ.get("TICKERQ_BENCH_PROFILE")
+    marks = 0
     for line in sys.stdin:
         if line.strip() == "mark":
+            marks += 1
+            if profile:
+                _profile(profile, marks)
             with _lock:
-                report = {"requests": _requests, "runs": _runs, "latencies_ms": list(_latencies_ms)}
+                report = {
+                    "requests": _requests,
+                    "runs": _runs,
+                    "latencies_ms": list(_latencies_ms),
+                    "cpu_s": sum(os.times()[:2]),
+                }
             print(orjson.dumps(report).decode(), flush=True)
     container.shutdown_resources()
 

@@ -35,8 +35,14 @@ from tickerq.testing import RedisServer
 FUNCTION = "BenchNoop"
 
 
-def tickerq_run(server: RedisServer, admin, n: int, node_count: int) -> tuple[float, float, float, list[int]]:  # type: ignore[no-untyped-def]
-    """Jobs/s, round trips per job (client side), evalsha per job (server side), runs per node."""
+def _redis_cpu(admin) -> float:  # type: ignore[no-untyped-def]
+    info = admin.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def tickerq_run(server: RedisServer, admin, n: int, node_count: int) -> tuple[float, float, float, list[int], float, float]:  # type: ignore[no-untyped-def]
+    """Jobs/s, round trips per job (client side), evalsha per job (server side), runs per node,
+    node CPU (cores busy, all nodes), redis-server CPU (cores busy)."""
     admin.flushall()
     with nodes(server, node_count) as processes, producer(server) as manager:
         lead_ms = 1000 + n // 10  # scheduling takes well under this
@@ -45,6 +51,7 @@ def tickerq_run(server: RedisServer, admin, n: int, node_count: int) -> tuple[fl
         manager.schedule_many(TimeTicker(function=FUNCTION, at=at) for _ in range(n))
         before = [node.mark() for node in processes]
         admin.config_resetstat()
+        redis_cpu_before = _redis_cpu(admin)
         if redis_now_ms(admin) >= due_ms - 50:
             raise RuntimeError(f"scheduling {n} jobs took longer than the {lead_ms} ms lead")
         done_ms = wait_finished(admin, n, timeout=120 + n / 50)
@@ -55,7 +62,10 @@ def tickerq_run(server: RedisServer, admin, n: int, node_count: int) -> tuple[fl
     if sum(runs) != n:
         raise RuntimeError(f"{sum(runs)} runs for {n} jobs")
     requests = total(after, "requests") - total(before, "requests")
-    return n / ((done_ms - due_ms) / 1000), requests / n, scripts / n, runs
+    seconds = (done_ms - due_ms) / 1000
+    cpu = (total(after, "cpu_s") - total(before, "cpu_s")) / seconds
+    redis_cpu = (_redis_cpu(admin) - redis_cpu_before) / seconds
+    return n / seconds, requests / n, scripts / n, runs, cpu, redis_cpu
 
 
 def main() -> None:
@@ -74,8 +84,11 @@ def main() -> None:
         print(f"{n:,} no-op jobs due at once\n")
         rows: list[tuple[str, float, float | None, str]] = []
         for count in node_counts:
-            rate, trips, scripts, runs = tickerq_run(server, admin, n, count)
-            detail = f"{scripts:.2f} evalsha/job; runs per node {runs}"
+            rate, trips, scripts, runs, cpu, redis_cpu = tickerq_run(server, admin, n, count)
+            detail = (
+                f"{scripts:.2f} evalsha/job; runs per node {runs}; "
+                f"CPU: nodes {cpu:.0%}, redis {redis_cpu:.0%}"
+            )
             rows.append((f"tickerq, {count} node{'s' if count > 1 else ''}", rate, trips, detail))
         peers: dict[str, float] = {}
         if not args.no_peers:

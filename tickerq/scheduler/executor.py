@@ -4,11 +4,13 @@ One ``Service`` loop (``tickerq-scheduler``) does the talking to the store;
 job functions run on a worker ``Dispatcher`` (``tickerq-worker-N``). Each
 iteration, in as few round trips as the batch allows:
 
-1. reports the outcomes of attempts that ended (one ``finish`` per batch);
-2. materialises due cron occurrences (:class:`CronMaterializer`);
-3. claims no more due jobs than it can start now (per-function
-   ``max_concurrency``, ``SchedulerOptions.max_concurrency`` in all), marks
-   them started (one ``start`` per batch) and hands them to the workers;
+1. materialises due cron occurrences (:class:`CronMaterializer`);
+2. reports the outcomes of attempts that ended and claims no more due jobs
+   than it can start now (per-function ``max_concurrency``,
+   ``SchedulerOptions.max_concurrency`` in all), in one ``claim_due`` call
+   that also marks them started (``start=True``: the node runs them at once),
+   and hands them to the workers; with no room to claim, the outcomes go in
+   one ``finish`` call;
 4. every ``CANCEL_POLL`` while jobs run, asks which were cancelled and sets
    their ``context.cancelled``;
 5. sleeps until the next due time (on the store's clock, measured from the
@@ -149,8 +151,8 @@ class SchedulerService(Service):
         """One iteration; returns the seconds to sleep."""
         if not self._prepared:
             self._prepare()
-        self._report()
         if self._claims_uncertain and not self._running:
+            self._report()  # before the release: it would hand back the jobs these outcomes finish
             self._release_own("a claim whose reply was lost")
         read_at = self.clock.monotonic()
         now_ms = self.store.now_ms() if self.crons.functions and self._crons_due() else None
@@ -238,13 +240,28 @@ class SchedulerService(Service):
         return limits, free
 
     def _claim(self, now_ms: int | None, read_at: float) -> tuple[int | None, int | None, float]:
+        """Report what ended and claim what can start now, in one round trip."""
         limits, free = self._limits()
         if free <= 0 or not limits or self.stopping:
+            self._report()
             return None, now_ms, read_at  # a worker finishing wakes us
+        with self._lock:
+            outcomes, self._outcomes = self._outcomes, []
         read_at = self.clock.monotonic()
         try:
-            batch = self.store.claim_due(self.node_id, limits, free)
+            # start=True: the claimed jobs go to the workers now, so they are IN_PROGRESS from
+            # the claim on (a cancel requested later reaches them through cancel_requests).
+            batch = self.store.claim_due(
+                self.node_id,
+                limits,
+                free,
+                start=True,
+                outcomes=outcomes,
+                retention=self.options.job_retention,
+            )
         except Exception:
+            with self._lock:  # not lost: reported again next iteration (a stale fence is ignored)
+                self._outcomes[:0] = outcomes
             self._claims_uncertain = True  # it may have claimed in Redis and lost the reply
             raise
         self._last_store_ms, self._last_read_at = batch.now_ms, read_at
@@ -256,10 +273,8 @@ class SchedulerService(Service):
         if self.stopping:  # claimed while asked to stop: hand them straight back
             self.store.finish([_handed_back(claim) for claim in claims], self.options.job_retention)
             return
-        started = self.store.start([(claim.job.id, claim.fence) for claim in claims])
-        for claim, ok in zip(claims, started, strict=True):
-            if ok:
-                self._submit(claim)
+        for claim in claims:
+            self._submit(claim)
 
     def _submit(self, claim: Claim) -> None:
         job = claim.job

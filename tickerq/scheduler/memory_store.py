@@ -222,9 +222,17 @@ class MemoryJobStore:
     # -- claiming and running -------------------------------------------------
 
     def claim_due(
-        self, node: str, functions: Sequence[FunctionLimits], limit: int, *, start: bool = False
+        self,
+        node: str,
+        functions: Sequence[FunctionLimits],
+        limit: int,
+        *,
+        start: bool = False,
+        outcomes: Sequence[Outcome] = (),
+        retention: timedelta | None = None,
     ) -> ClaimBatch:
         """See :meth:`JobStore.claim_due`."""
+        finished = tuple(self.finish(outcomes, retention)) if outcomes else ()
         claims: list[Claim] = []
         skipped: list[str] = []
         next_due: int | None = None
@@ -264,7 +272,9 @@ class MemoryJobStore:
                 cluster_room = limits.cluster_concurrency is None or len(running) < limits.cluster_concurrency
                 if entries and limits.free_slots > taken and cluster_room:
                     next_due = entries[0][0] if next_due is None else min(next_due, entries[0][0])
-        return ClaimBatch(claims=tuple(claims), skipped=tuple(skipped), next_due_ms=next_due, now_ms=now)
+        return ClaimBatch(
+            claims=tuple(claims), skipped=tuple(skipped), next_due_ms=next_due, now_ms=now, finished=finished
+        )
 
     def start(self, claims: Sequence[tuple[str, int]], started_ms: int | None = None) -> list[bool]:
         """See :meth:`JobStore.start`."""

@@ -149,6 +149,7 @@ class ClaimBatch:
     skipped: tuple[str, ...] = ()  #: ids marked SKIPPED (skip_if_running) by this call
     next_due_ms: int | None = None  #: earliest due time among what this node could claim, if any
     now_ms: int = 0  #: the store's clock at the claim
+    finished: tuple[bool, ...] = ()  #: per outcome given to the claim: whether its fence held
 
 
 class OutcomeKind(enum.Enum):

@@ -294,15 +294,25 @@ class RedisJobStore:
     # -- claiming and running -------------------------------------------------
 
     def claim_due(
-        self, node: str, functions: Sequence[FunctionLimits], limit: int, *, start: bool = False
+        self,
+        node: str,
+        functions: Sequence[FunctionLimits],
+        limit: int,
+        *,
+        start: bool = False,
+        outcomes: Sequence[Outcome] = (),
+        retention: timedelta | None = None,
     ) -> ClaimBatch:
         """See :meth:`JobStore.claim_due`."""
-        args: list[str | int | bytes] = [node, limit, "1" if start else "0"]
+        args: list[str | int | bytes] = [node, limit, "1" if start else "0", len(outcomes)]
+        args += self._outcome_args(outcomes, retention, final=False)
         for limits in functions:
             check_user_key("function", limits.name)
             cap = -1 if limits.cluster_concurrency is None else limits.cluster_concurrency
             args += [limits.name, limits.free_slots, cap, "1" if limits.skip_if_running else "0"]
-        now, next_due, flat, skipped = self._run("claim_due", _CLAIM, args, [self._keys.sched_claims(node)])
+        now, next_due, flat, skipped, finished = self._run(
+            "claim_due", _CLAIM, args, [self._keys.sched_claims(node)]
+        )
         claims: list[Claim] = []
         undecodable: list[Outcome] = []
         for i in range(0, len(flat), 3):
@@ -323,6 +333,7 @@ class RedisJobStore:
             skipped=tuple(_text(job_id) for job_id in skipped),
             next_due_ms=None if int(next_due) < 0 else int(next_due),
             now_ms=int(now),
+            finished=tuple(bool(ok) for ok in finished),
         )
 
     def start(self, claims: Sequence[tuple[str, int]], started_ms: int | None = None) -> list[bool]:
@@ -341,6 +352,13 @@ class RedisJobStore:
     def _finish(self, outcomes: Sequence[Outcome], retention: timedelta | None, *, final: bool) -> list[bool]:
         if not outcomes:
             return []
+        args = self._outcome_args(outcomes, retention, final=final)
+        return [bool(ok) for ok in self._run("finish", _FINISH, args)]
+
+    def _outcome_args(
+        self, outcomes: Sequence[Outcome], retention: timedelta | None, *, final: bool
+    ) -> list[str | int | bytes]:
+        """The retention, then 7 values per outcome (see ``sched_finish_lib.lua``)."""
         args: list[str | int | bytes] = [
             self._base_args[-1] if retention is None else to_milliseconds(retention)
         ]
@@ -355,7 +373,7 @@ class RedisJobStore:
                 "0" if message is None else "1",
                 "" if message is None else message,
             ]
-        return [bool(ok) for ok in self._run("finish", _FINISH, args)]
+        return args
 
     def cancel_requests(self, job_ids: Sequence[str]) -> set[str]:
         """See :meth:`JobStore.cancel_requests`."""

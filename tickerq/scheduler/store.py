@@ -91,9 +91,21 @@ class JobStore(Protocol):
     # -- claiming and running -----------------------------------------------
 
     def claim_due(
-        self, node: str, functions: Sequence[FunctionLimits], limit: int, *, start: bool = False
+        self,
+        node: str,
+        functions: Sequence[FunctionLimits],
+        limit: int,
+        *,
+        start: bool = False,
+        outcomes: Sequence[Outcome] = (),
+        retention: timedelta | None = None,
     ) -> ClaimBatch:
         """Claim up to ``limit`` due IDLE jobs of the given functions for ``node``.
+
+        ``outcomes`` are recorded first, as ``finish(outcomes, retention)``
+        records them (``ClaimBatch.finished`` holds its result), in the same
+        round trip: a node's loop reports what ended and takes new work in one
+        call, and the slots the outcomes free are claimable at once.
 
         With ``start``, the claimed jobs are IN_PROGRESS at once (``executed_at_ms``
         = the claim's time), for a node that runs them right away: it saves the
