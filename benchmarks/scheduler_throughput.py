@@ -40,11 +40,11 @@ def _redis_cpu(admin) -> float:  # type: ignore[no-untyped-def]
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-def tickerq_run(server: RedisServer, admin, n: int, node_count: int) -> tuple[float, float, float, list[int], float, float]:  # type: ignore[no-untyped-def]
+def tickerq_run(server: RedisServer, admin, n: int, node_count: int, concurrency: int | None) -> tuple[float, float, float, list[int], float, float]:  # type: ignore[no-untyped-def]
     """Jobs/s, round trips per job (client side), evalsha per job (server side), runs per node,
     node CPU (cores busy, all nodes), redis-server CPU (cores busy)."""
     admin.flushall()
-    with nodes(server, node_count) as processes, producer(server) as manager:
+    with nodes(server, node_count, concurrency) as processes, producer(server) as manager:
         lead_ms = 1000 + n // 10  # scheduling takes well under this
         due_ms = redis_now_ms(admin) + lead_ms
         at = datetime.fromtimestamp(due_ms / 1000, UTC)
@@ -73,6 +73,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2,000 jobs instead of 10,000")
     parser.add_argument("--jobs", type=int, default=None, help="jobs per run (default 10,000)")
     parser.add_argument("--nodes", default="1,3", help="node counts to run (default 1,3)")
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        action="append",
+        default=[],
+        help="also run 1 node with this max_concurrency (repeatable; default: the CPU count only)",
+    )
     parser.add_argument("--no-peers", action="store_true", help="skip RQ and Huey")
     args = parser.parse_args()
     n = args.jobs or (2_000 if args.quick else 10_000)
@@ -83,13 +90,17 @@ def main() -> None:
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"{n:,} no-op jobs due at once\n")
         rows: list[tuple[str, float, float | None, str]] = []
-        for count in node_counts:
-            rate, trips, scripts, runs, cpu, redis_cpu = tickerq_run(server, admin, n, count)
+        configs = [(count, None) for count in node_counts] + [(1, c) for c in args.max_concurrency]
+        for count, concurrency in configs:
+            rate, trips, scripts, runs, cpu, redis_cpu = tickerq_run(server, admin, n, count, concurrency)
             detail = (
                 f"{scripts:.2f} evalsha/job; runs per node {runs}; "
                 f"CPU: nodes {cpu:.0%}, redis {redis_cpu:.0%}"
             )
-            rows.append((f"tickerq, {count} node{'s' if count > 1 else ''}", rate, trips, detail))
+            name = f"tickerq, {count} node{'s' if count > 1 else ''}"
+            if concurrency is not None:
+                name += f", max_conc. {concurrency}"
+            rows.append((name, rate, trips, detail))
         peers: dict[str, float] = {}
         if not args.no_peers:
             from _peers import huey_tasks_per_second, rq_jobs_per_second
