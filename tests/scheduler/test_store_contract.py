@@ -340,6 +340,41 @@ def test_claim_with_start_is_in_progress_at_once(harness: Harness) -> None:
     assert [True] == store.finish([outcome(claim, OutcomeKind.DONE)])
 
 
+def test_claim_records_outcomes_first_as_finish_does(harness: Harness) -> None:
+    """claim_due(outcomes=...) records them as finish would (stale fences ignored), then claims."""
+    store = harness.store
+    store.add_jobs([job("done"), job("retry", retries=1), job("back")])
+    claims = {claim.job.id: claim for claim in store.claim_due("n1", [F], 10, start=True).claims}
+    store.add_jobs([job("next")])
+    outcomes = [
+        outcome(claims["done"], OutcomeKind.DONE, elapsed_ms=5),
+        outcome(claims["retry"], OutcomeKind.FAILED, exception_message="boom"),
+        outcome(claims["back"], OutcomeKind.HANDED_BACK),
+        Outcome(job_id="done", fence=claims["done"].fence - 1, kind=OutcomeKind.DONE),  # stale
+    ]
+    batch = store.claim_due("n1", [F], 10, start=True, outcomes=outcomes, retention=timedelta(hours=1))
+    assert (True, True, True, False) == batch.finished
+    assert ["back", "next", "retry"] == sorted(claim.job.id for claim in batch.claims)
+    again = {claim.job.id: claim.job for claim in batch.claims}
+    assert (True, 1) == (again["back"].is_rerun, again["retry"].retry_count)
+    assert "boom" == again["retry"].exception_message
+    done = store.get_job("done")
+    assert done is not None
+    assert (TickerStatus.DONE, 5) == (done.status, done.elapsed_ms)
+
+
+def test_outcomes_free_cluster_concurrency_room_in_the_same_claim(harness: Harness) -> None:
+    """A slot that claim_due's own outcomes free counts towards cluster_concurrency at once."""
+    store = harness.store
+    store.add_jobs([job("a"), job("b")])
+    limits = FunctionLimits(name="F", free_slots=5, cluster_concurrency=1)
+    first = store.claim_due("n1", [limits], 5, start=True)
+    assert ["a"] == [claim.job.id for claim in first.claims]
+    assert () == store.claim_due("n2", [limits], 5).claims
+    batch = store.claim_due("n1", [limits], 5, outcomes=[outcome(first.claims[0], OutcomeKind.DONE)])
+    assert ((True,), ["b"]) == (batch.finished, [claim.job.id for claim in batch.claims])
+
+
 def test_wrong_fence_is_refused(harness: Harness) -> None:
     """start and finish under a fence the job does not hold change nothing."""
     store = harness.store
