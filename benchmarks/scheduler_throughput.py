@@ -26,6 +26,8 @@ import argparse
 import os
 from datetime import UTC, datetime
 
+import attrs
+import redis
 from _common import counting_client, describe_machine
 from _scheduler_bench import nodes, producer, redis_now_ms, total, wait_finished
 
@@ -35,14 +37,27 @@ from tickerq.testing import RedisServer
 FUNCTION = "BenchNoop"
 
 
-def _redis_cpu(admin) -> float:  # type: ignore[no-untyped-def]
+@attrs.frozen(kw_only=True)
+class Result:
+    """One tickerq run."""
+
+    jobs_per_second: float
+    round_trips_per_job: float  # requests the nodes wrote, per job
+    scripts_per_job: float  # evalsha calls the server counted, per job
+    runs_per_node: list[int]
+    node_cpu: float  # CPU seconds of all nodes per second of the run (between the marks)
+    redis_cpu: float  # the same for redis-server
+
+
+def _redis_cpu(admin: redis.Redis) -> float:
     info = admin.info("cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-def tickerq_run(server: RedisServer, admin, n: int, node_count: int, concurrency: int | None) -> tuple[float, float, float, list[int], float, float]:  # type: ignore[no-untyped-def]
-    """Jobs/s, round trips per job (client side), evalsha per job (server side), runs per node,
-    node CPU (cores busy, all nodes), redis-server CPU (cores busy)."""
+def tickerq_run(
+    server: RedisServer, admin: redis.Redis, n: int, node_count: int, concurrency: int | None
+) -> Result:
+    """``n`` jobs due at once, drained by ``node_count`` node processes."""
     admin.flushall()
     with nodes(server, node_count, concurrency) as processes, producer(server) as manager:
         lead_ms = 1000 + n // 10  # scheduling takes well under this
@@ -57,15 +72,19 @@ def tickerq_run(server: RedisServer, admin, n: int, node_count: int, concurrency
         done_ms = wait_finished(admin, n, timeout=120 + n / 50)
         after = [node.mark() for node in processes]
         stats = admin.info("commandstats")
-    scripts = int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+        redis_cpu = _redis_cpu(admin) - redis_cpu_before
     runs = [a.runs - b.runs for a, b in zip(after, before, strict=True)]
     if sum(runs) != n:
         raise RuntimeError(f"{sum(runs)} runs for {n} jobs")
-    requests = total(after, "requests") - total(before, "requests")
     seconds = (done_ms - due_ms) / 1000
-    cpu = (total(after, "cpu_s") - total(before, "cpu_s")) / seconds
-    redis_cpu = (_redis_cpu(admin) - redis_cpu_before) / seconds
-    return n / seconds, requests / n, scripts / n, runs, cpu, redis_cpu
+    return Result(
+        jobs_per_second=n / seconds,
+        round_trips_per_job=(total(after, "requests") - total(before, "requests")) / n,
+        scripts_per_job=int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) / n,
+        runs_per_node=runs,
+        node_cpu=(total(after, "cpu_s") - total(before, "cpu_s")) / seconds,
+        redis_cpu=redis_cpu / seconds,
+    )
 
 
 def main() -> None:
@@ -89,18 +108,21 @@ def main() -> None:
         print(describe_machine(admin))
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"{n:,} no-op jobs due at once\n")
-        rows: list[tuple[str, float, float | None, str]] = []
+        rows: list[tuple[str, float, float, str]] = []
+        by_nodes: dict[int, Result] = {}
         configs = [(count, None) for count in node_counts] + [(1, c) for c in args.max_concurrency]
         for count, concurrency in configs:
-            rate, trips, scripts, runs, cpu, redis_cpu = tickerq_run(server, admin, n, count, concurrency)
+            result = tickerq_run(server, admin, n, count, concurrency)
+            if concurrency is None:
+                by_nodes[count] = result
             detail = (
-                f"{scripts:.2f} evalsha/job; runs per node {runs}; "
-                f"CPU: nodes {cpu:.0%}, redis {redis_cpu:.0%}"
+                f"{result.scripts_per_job:.2f} evalsha/job; runs per node {result.runs_per_node}; "
+                f"CPU: nodes {result.node_cpu:.0%}, redis {result.redis_cpu:.0%}"
             )
             name = f"tickerq, {count} node{'s' if count > 1 else ''}"
             if concurrency is not None:
                 name += f", max_conc. {concurrency}"
-            rows.append((name, rate, trips, detail))
+            rows.append((name, result.jobs_per_second, result.round_trips_per_job, detail))
         peers: dict[str, float] = {}
         if not args.no_peers:
             from _peers import huey_tasks_per_second, rq_jobs_per_second
@@ -123,10 +145,27 @@ def main() -> None:
         header += f" {'vs ' + name:>8}"
     print(header)
     for name, rate, trips, detail in rows:
-        line = f"{name:28} {rate:8,.0f} {trips if trips is not None else float('nan'):16.2f}"
+        line = f"{name:28} {rate:8,.0f} {trips:16.2f}"
         for peer in peers.values():
             line += f" {rate / peer:7.2f}x"
         print(line + (f"   ({detail})" if detail else ""))
+    _targets(by_nodes, peers)
+
+
+def _targets(by_nodes: dict[int, Result], peers: dict[str, float]) -> None:
+    def check(what: str, ok: bool) -> None:
+        print(f"  {'met ' if ok else 'MISS'}  {what}")
+
+    print("\nTargets:")
+    for count, result in sorted(by_nodes.items()):
+        label = f"{count} node{'s' if count > 1 else ''}"
+        if "RQ" in peers:
+            check(f"{label}: >= 5x RQ", result.jobs_per_second >= 5 * peers["RQ"])
+        if "Huey" in peers:
+            check(f"{label}: >= Huey (aim 1.5x)", result.jobs_per_second >= peers["Huey"])
+        check(f"{label}: <= 3 round trips per job", result.round_trips_per_job <= 3)
+    if 1 in by_nodes and 3 in by_nodes:
+        check("3 nodes beat 1", by_nodes[3].jobs_per_second > by_nodes[1].jobs_per_second)
 
 
 if __name__ == "__main__":
