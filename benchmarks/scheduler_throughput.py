@@ -147,7 +147,7 @@ def main() -> None:
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
 
     medians = {name: statistics.median(rates) for name, rates in peers.items()}
-    header = f"{'':30} {'jobs/s (median)':>15} {'range':>15} {'round trips/job':>16}"
+    header = f"{'':34} {'jobs/s (median)':>15} {'range':>15} {'round trips/job':>16}"
     for name in medians:
         header += f" {'vs ' + name:>8}"
     print(header)
@@ -162,7 +162,7 @@ def main() -> None:
         name = f"tickerq, {count} node{'s' if count > 1 else ''}"
         if concurrency is not None:
             name += f", max_concurrency {concurrency}"
-        line = f"{name:30} {rate:15,.0f} {_range(rates):>15} {trips:16.2f}"
+        line = f"{name:34} {rate:15,.0f} {_range(rates):>15} {trips:16.2f}"
         line += "".join(f" {rate / peer:7.2f}x" for peer in medians.values())
         last = runs[-1]
         print(
@@ -171,7 +171,7 @@ def main() -> None:
         )
     labels = {"Huey": "Huey 3.5, 1 thread worker", "RQ": "RQ 3.0 SimpleWorker"}
     for name, rates in peers.items():
-        line = f"{labels[name]:30} {medians[name]:15,.0f} {_range(rates):>15} {peer_trips[name]:16.2f}"
+        line = f"{labels[name]:34} {medians[name]:15,.0f} {_range(rates):>15} {peer_trips[name]:16.2f}"
         print(line + "".join(f" {medians[name] / peer:7.2f}x" for peer in medians.values()))
     _targets(by_nodes, trips_by_nodes, medians)
 

@@ -11,9 +11,9 @@ iteration, in as few round trips as the batch allows:
    that also marks them started (``start=True``: the node runs them at once),
    and hands them to the workers; with no room to claim, the outcomes go in
    one ``finish`` call;
-4. every ``CANCEL_POLL`` while jobs run, asks which were cancelled and sets
+3. every ``CANCEL_POLL`` while jobs run, asks which were cancelled and sets
    their ``context.cancelled``;
-5. sleeps until the next due time (on the store's clock, measured from the
+4. sleeps until the next due time (on the store's clock, measured from the
    reply), a worker finishing, a wake-up from the store, or the safety poll.
 
 Shutdown: stop claiming, let running jobs finish up to ``shutdown_timeout``,
@@ -271,6 +271,7 @@ class SchedulerService(Service):
 
     def _start(self, claims: list[Claim]) -> None:
         if self.stopping:  # claimed while asked to stop: hand them straight back
+            # (claimed started, so the store marks them is_rerun: at-least-once errs on that side)
             self.store.finish([_handed_back(claim) for claim in claims], self.options.job_retention)
             return
         for claim in claims:
