@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import _peer_tasks
 import redis
@@ -36,8 +37,12 @@ def _quiet_worker_class() -> type:
     return QuietWorker
 
 
-def rq_jobs_per_second(client: redis.Redis, n: int) -> float:
-    """Enqueue ``n`` no-op jobs with RQ, drain them with one ``SimpleWorker``; jobs/s."""
+def rq_jobs_per_second(client: redis.Redis, n: int, on_drain: Callable[[], object] | None = None) -> float:
+    """Enqueue ``n`` no-op jobs with RQ, drain them with one ``SimpleWorker``; jobs/s.
+
+    ``on_drain`` is called when the jobs are enqueued, just before the drain starts
+    (e.g. to read a round-trip counter).
+    """
     from rq import Queue
 
     client.flushdb()
@@ -46,6 +51,8 @@ def rq_jobs_per_second(client: redis.Redis, n: int) -> float:
         queue.enqueue_many([Queue.prepare_data(noop, result_ttl=0) for _ in range(n)], pipeline=pipe)
         pipe.execute()
     worker = _quiet_worker_class()([queue], connection=client)
+    if on_drain is not None:
+        on_drain()
     before = _peer_tasks.calls
     started = time.perf_counter()
     worker.work(burst=True, logging_level="WARNING")
@@ -55,8 +62,11 @@ def rq_jobs_per_second(client: redis.Redis, n: int) -> float:
     return n / (_peer_tasks.last_call - started)
 
 
-def huey_tasks_per_second(client: redis.Redis, n: int) -> float:
-    """Enqueue ``n`` no-op tasks with Huey, drain them with a one-thread consumer; tasks/s."""
+def huey_tasks_per_second(client: redis.Redis, n: int, on_drain: Callable[[], object] | None = None) -> float:
+    """Enqueue ``n`` no-op tasks with Huey, drain them with a one-thread consumer; tasks/s.
+
+    ``on_drain``: as for :func:`rq_jobs_per_second`.
+    """
     from huey import RedisHuey
     from huey.signals import SIGNAL_COMPLETE
 
@@ -78,6 +88,8 @@ def huey_tasks_per_second(client: redis.Redis, n: int) -> float:
     consumer = huey.create_consumer(
         workers=1, worker_type="thread", periodic=False, check_worker_health=False
     )
+    if on_drain is not None:
+        on_drain()
     started = time.perf_counter()
     consumer.start()
     finished = done.wait(600)

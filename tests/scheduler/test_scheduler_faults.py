@@ -57,6 +57,36 @@ def test_lost_claim_reply_is_handed_back_while_other_jobs_run(
         wait_until(lambda: status(producer, busy) is TickerStatus.DONE, 5)
 
 
+def test_lost_claim_reply_that_carried_outcomes_loses_and_doubles_nothing(
+    registry: FunctionRegistry, node: Node, redis_server: RedisServer
+) -> None:
+    """A lost reply of a claim that also reported an outcome: that job stays DONE, the new one runs once."""
+    runs: list[tuple[str, str, bool]] = []
+    gate = threading.Event()
+    ticker_function("Gated", registry=registry)(
+        lambda context: runs.append((context.job_id, "", gate.wait(15)))
+    )
+    ticker_function("LostReplyProbe", registry=registry)(
+        lambda context: runs.append((context.job_id, context.node, context.is_rerun))
+    )
+    with FaultProxy(redis_server.host, redis_server.port) as proxy:
+        # One worker: while Gated runs there is no room, so the probe is claimed in the very
+        # call that reports Gated's outcome.
+        node("worker", address=proxy.address, poll_interval=30, max_concurrency=1)
+        _, producer = node("producer", init=False)
+        gated = producer.schedule("Gated")
+        wait_until(lambda: status(producer, gated) is TickerStatus.IN_PROGRESS, 5)
+        proxy.drop_reply_containing(b"LostReplyProbe")
+        probe = producer.schedule("LostReplyProbe")
+        time.sleep(0.2)  # the worker has seen the wake-up and found no room
+        gate.set()
+        wait_until(lambda: status(producer, probe) is TickerStatus.DONE, 5)
+        assert 1 == proxy.dropped
+        assert TickerStatus.DONE == status(producer, gated)
+        time.sleep(0.3)
+        assert [(gated, "", True), (probe, "worker", False)] == runs
+
+
 @pytest.mark.slow
 def test_slow_dead_node_release_does_not_stall_the_releasing_node(
     registry: FunctionRegistry, node: Node, redis_server: RedisServer

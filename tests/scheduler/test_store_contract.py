@@ -340,6 +340,57 @@ def test_claim_with_start_is_in_progress_at_once(harness: Harness) -> None:
     assert [True] == store.finish([outcome(claim, OutcomeKind.DONE)])
 
 
+def test_claim_records_outcomes_first_as_finish_does(harness: Harness) -> None:
+    """claim_due(outcomes=...) records them as finish would (stale fences ignored), then claims."""
+    store = harness.store
+    store.add_jobs([job("done"), job("retry", retries=1), job("back")])
+    claims = {claim.job.id: claim for claim in store.claim_due("n1", [F], 10, start=True).claims}
+    store.add_jobs([job("next")])
+    outcomes = [
+        outcome(claims["done"], OutcomeKind.DONE, elapsed_ms=5),
+        outcome(claims["retry"], OutcomeKind.FAILED, exception_message="boom"),
+        outcome(claims["back"], OutcomeKind.HANDED_BACK),
+        Outcome(job_id="done", fence=claims["done"].fence - 1, kind=OutcomeKind.DONE),  # stale
+    ]
+    batch = store.claim_due("n1", [F], 10, start=True, outcomes=outcomes, retention=timedelta(hours=1))
+    assert (True, True, True, False) == batch.finished
+    assert ["back", "next", "retry"] == sorted(claim.job.id for claim in batch.claims)
+    again = {claim.job.id: claim.job for claim in batch.claims}
+    assert (True, 1) == (again["back"].is_rerun, again["retry"].retry_count)
+    assert "boom" == again["retry"].exception_message
+    done = store.get_job("done")
+    assert done is not None
+    assert (TickerStatus.DONE, 5) == (done.status, done.elapsed_ms)
+
+
+def test_outcomes_free_cluster_concurrency_room_in_the_same_claim(harness: Harness) -> None:
+    """A slot that claim_due's own outcomes free counts towards cluster_concurrency at once."""
+    store = harness.store
+    store.add_jobs([job("a"), job("b")])
+    limits = FunctionLimits(name="F", free_slots=5, cluster_concurrency=1)
+    first = store.claim_due("n1", [limits], 5, start=True)
+    assert ["a"] == [claim.job.id for claim in first.claims]
+    assert () == store.claim_due("n2", [limits], 5).claims
+    batch = store.claim_due("n1", [limits], 5, outcomes=[outcome(first.claims[0], OutcomeKind.DONE)])
+    assert ((True,), ["b"]) == (batch.finished, [claim.job.id for claim in batch.claims])
+
+
+def test_claim_with_outcomes_reports_held_after_them_and_its_claims(harness: Harness) -> None:
+    """ClaimBatch.held counts the node's claims after its outcomes are recorded and new claims taken."""
+    store = harness.store
+    store.add_jobs([job("a"), job("b"), job("c")])
+    claims = store.claim_due("n1", [F], 3, start=True).claims
+    store.add_jobs([job("d")])
+    batch = store.claim_due(
+        "n1",
+        [F],
+        1,
+        start=True,
+        outcomes=[outcome(claims[0], OutcomeKind.DONE), outcome(claims[1], OutcomeKind.DONE)],
+    )
+    assert ((True, True), 1, 2) == (batch.finished, len(batch.claims), batch.held)
+
+
 def test_wrong_fence_is_refused(harness: Harness) -> None:
     """start and finish under a fence the job does not hold change nothing."""
     store = harness.store
@@ -532,6 +583,30 @@ def test_release_node_keeps_only_the_claims_given_with_their_fence(harness: Harn
     assert [] == store.release_node("live", keep=keep[:1])
     assert [True] == store.finish([outcome(claims["a"], OutcomeKind.DONE)])
     assert {"b", "c"} == {claim.job.id for claim in claim_all(store, "live")}
+
+
+def test_release_node_with_keep_hands_back_started_claims_not_as_reruns(harness: Harness) -> None:
+    """A live node's unknown claims (never run there, even if claimed started) come back without is_rerun."""
+    store = harness.store
+    store.add_jobs([job("a"), job("b")])
+    claims = store.claim_due("live", [F], 2, start=True).claims
+    assert ["b"] == store.release_node("live", keep=[("a", claims[0].fence)])
+    assert ["a"] == store.release_node("live", keep=[])
+    again = {claim.job.id: claim.job for claim in store.claim_due("n2", [F], 2, start=True).claims}
+    assert {"a": False, "b": False} == {job_id: job.is_rerun for job_id, job in again.items()}
+    assert sorted(again) == store.release_node("n2")  # without keep: they had started
+    assert {True} == {claim.job.is_rerun for claim in claim_all(store, "n3")}
+
+
+def test_skipped_outcome_of_a_started_claim_leaves_no_executed_time(harness: Harness) -> None:
+    """A claim made started then reported SKIPPED (it never ran) keeps no executed_at."""
+    store = harness.store
+    store.add_jobs([job("a")])
+    claim = store.claim_due("n1", [F], 1, start=True).claims[0]
+    assert [True] == store.finish([outcome(claim, OutcomeKind.SKIPPED)])
+    skipped = store.get_job("a")
+    assert skipped is not None
+    assert (TickerStatus.SKIPPED, None) == (skipped.status, skipped.executed_at_ms)
 
 
 def test_claim_reports_how_many_claims_the_node_holds(harness: Harness) -> None:

@@ -4,14 +4,16 @@ One ``Service`` loop (``tickerq-scheduler``) does the talking to the store;
 job functions run on a worker ``Dispatcher`` (``tickerq-worker-N``). Each
 iteration, in as few round trips as the batch allows:
 
-1. reports the outcomes of attempts that ended (one ``finish`` per batch);
-2. materialises due cron occurrences (:class:`CronMaterializer`);
-3. claims no more due jobs than it can start now (per-function
-   ``max_concurrency``, ``SchedulerOptions.max_concurrency`` in all), marks
-   them started (one ``start`` per batch) and hands them to the workers;
-4. every ``CANCEL_POLL`` while jobs run, asks which were cancelled and sets
+1. materialises due cron occurrences (:class:`CronMaterializer`);
+2. reports the outcomes of attempts that ended and claims no more due jobs
+   than it can start now (per-function ``max_concurrency``,
+   ``SchedulerOptions.max_concurrency`` in all), in one ``claim_due`` call
+   that also marks them started (``start=True``: the node runs them at once),
+   and hands them to the workers; with no room to claim, the outcomes go in
+   one ``finish`` call;
+3. every ``CANCEL_POLL`` while jobs run, asks which were cancelled and sets
    their ``context.cancelled``;
-5. sleeps until the next due time (on the store's clock, measured from the
+4. sleeps until the next due time (on the store's clock, measured from the
    reply), a worker finishing, a wake-up from the store, or the safety poll.
 
 Shutdown: stop claiming, let running jobs finish up to ``shutdown_timeout``,
@@ -24,33 +26,28 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import attrs
 
 from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
 from tickerq._runtime.dispatcher import Dispatcher, DispatcherStoppedError
 from tickerq._runtime.service import Service
 from tickerq.errors import TickerQError
-from tickerq.events import EventHub, Publisher, TickerFailed, TickerFinished, TickerQueued, TickerStarted
+from tickerq.events import EventHub, Publisher
 from tickerq.options import SchedulerOptions
 from tickerq.redis.outage import OutageTracker
 from tickerq.scheduler.cron import CronSchedule, resolve_time_zone
-from tickerq.scheduler.function import TickerFunction, TickerFunctionContext
-from tickerq.scheduler.manager import TickerRecord, cron_id_for
+from tickerq.scheduler.function import TickerFunction
+from tickerq.scheduler.manager import cron_id_for
 from tickerq.scheduler.materializer import CronMaterializer
 from tickerq.scheduler.model import (
     Claim,
     FunctionLimits,
-    JobRecord,
     NewCron,
     Outcome,
     OutcomeKind,
-    TickerStatus,
 )
 from tickerq.scheduler.store import JobStore
-from tickerq.serialization import loads, structure
+from tickerq.scheduler.worker import JobRunner, RunningJob, handed_back
 
 __all__ = ["SchedulerService"]
 
@@ -67,18 +64,6 @@ EXPIRE_BATCH = 1000
 
 #: At most this many ``expire_finished`` calls per loop iteration; the rest wait for the next.
 _EXPIRE_CALLS = 10
-
-#: Longest exception message stored with a job.
-_MESSAGE_LIMIT = 2_000
-
-
-@attrs.define
-class _Running:
-    claim: Claim
-    function: TickerFunction
-    context: TickerFunctionContext
-    abandoned: bool = False  # handed back at shutdown: its late outcome is not reported
-    cancel_requested: bool = False
 
 
 class SchedulerService(Service):
@@ -121,12 +106,15 @@ class SchedulerService(Service):
         self.container = container
         self.events = events if events is not None else EventHub()
         self.workers = Dispatcher("tickerq-worker", workers=options.max_concurrency)
+        self.runner = JobRunner(
+            node_id, options, container=container, events=self.events, clock=clock, ended=self._ended
+        )
         self.crons = CronMaterializer(
             store, self.functions, options.missed_occurrence_policy, options.missed_occurrence_threshold
         )
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, RunningJob] = {}
         self._outcomes: list[Outcome] = []
         self._prepared = False
         self._claims_uncertain = False  # the store may hold claims of ours we do not know (lost reply)
@@ -164,8 +152,8 @@ class SchedulerService(Service):
         """One iteration; returns the seconds to sleep."""
         if not self._prepared:
             self._prepare()
-        self._report()
         if self._claims_uncertain:
+            # Outcomes not reported yet stay kept (they are known claims): the next claim reports them.
             self._release_unknown()
         read_at = self.clock.monotonic()
         now_ms = self.store.now_ms() if self.crons.functions and self._crons_due() else None
@@ -199,8 +187,8 @@ class SchedulerService(Service):
     def _known_claims(self) -> dict[str, int]:
         """The claims this node knows it holds: running, or ended but not reported yet."""
         with self._lock:
-            known = {job_id: entry.claim.fence for job_id, entry in self._running.items()}
-            known.update((outcome.job_id, outcome.fence) for outcome in self._outcomes)
+            known = {outcome.job_id: outcome.fence for outcome in self._outcomes}
+            known.update((job_id, entry.claim.fence) for job_id, entry in self._running.items())
         return known
 
     def _release_unknown(self) -> None:
@@ -271,22 +259,43 @@ class SchedulerService(Service):
         return limits, free
 
     def _claim(self, now_ms: int | None, read_at: float) -> tuple[int | None, int | None, float]:
+        """Report what ended and claim what can start now, in one round trip."""
         limits, free = self._limits()
         if free <= 0 or not limits or self.stopping:
+            self._report()
             return None, now_ms, read_at  # a worker finishing wakes us
-        read_at = self.clock.monotonic()
+        with self._lock:
+            outcomes, self._outcomes = self._outcomes, []
+        # What we know we hold after the call: jobs running and outcomes queued since (the ones
+        # given to the call hold nothing once recorded), plus the claims the call returns.
         known = len(self._known_claims())
+        read_at = self.clock.monotonic()
         try:
-            batch = self.store.claim_due(self.node_id, limits, free)
-            self._last_store_ms, self._last_read_at = batch.now_ms, read_at
-            if batch.held > known + len(batch.claims):
-                # A claim whose reply we never got (or a retried one) holds jobs for us.
-                self._claims_uncertain = True
-            if batch.claims:
-                self._start(self._skip_missed(batch.claims, batch.now_ms))
+            # start=True: the claimed jobs go to the workers now, so they are IN_PROGRESS from
+            # the claim on (a cancel requested later reaches them through cancel_requests).
+            batch = self.store.claim_due(
+                self.node_id,
+                limits,
+                free,
+                start=True,
+                outcomes=outcomes,
+                retention=self.options.job_retention,
+            )
         except Exception:
-            self._claims_uncertain = True  # the store may have claimed (or started) and lost the reply
+            with self._lock:  # not lost: reported again next time (a stale fence is ignored)
+                self._outcomes[:0] = outcomes
+            self._claims_uncertain = True  # the store may have claimed and lost the reply
             raise
+        self._last_store_ms, self._last_read_at = batch.now_ms, read_at
+        if batch.held > known + len(batch.claims):
+            # A claim whose reply we never got (or a retried one) holds jobs for us.
+            self._claims_uncertain = True
+        if batch.claims:
+            try:
+                self._start(self._skip_missed(batch.claims, batch.now_ms))
+            except Exception:
+                self._claims_uncertain = True  # the hand-back at a stop may have lost its reply
+                raise
         return batch.next_due_ms, batch.now_ms, read_at
 
     def _skip_missed(self, claims: Sequence[Claim], now_ms: int) -> list[Claim]:
@@ -313,38 +322,35 @@ class SchedulerService(Service):
 
     def _start(self, claims: list[Claim]) -> None:
         if self.stopping:  # claimed while asked to stop: hand them straight back
-            self.store.finish([_handed_back(claim) for claim in claims], self.options.job_retention)
+            # (claimed started, so the store marks them is_rerun: at-least-once errs on that side)
+            self.store.finish([handed_back(claim) for claim in claims], self.options.job_retention)
             return
-        started = self.store.start([(claim.job.id, claim.fence) for claim in claims])
-        for claim, ok in zip(claims, started, strict=True):
-            if ok:
-                self._submit(claim)
+        for claim in claims:
+            self._submit(claim)
 
     def _submit(self, claim: Claim) -> None:
         job = claim.job
-        function = self.functions[job.function]
-        context = TickerFunctionContext(
-            job_id=job.id,
-            function=job.function,
-            container=self.container,
-            request=None,
-            retry_count=job.retry_count,
-            scheduled_for=_scheduled_for(job),
-            is_rerun=job.is_rerun,
-            node=self.node_id,
-            fence=claim.fence,
-        )
-        entry = _Running(claim=claim, function=function, context=context)
+        entry = self.runner.prepare(claim, self.functions[job.function])
         with self._lock:
             self._running[job.id] = entry
         try:
-            self.workers.submit(
-                self._execute, entry, description=f"ticker function {job.function} ({job.id})"
-            )
+            description = f"ticker function {job.function} ({job.id})"
+            self.workers.submit(self.runner.run, entry, description=description)
         except DispatcherStoppedError:
             with self._lock:
                 del self._running[job.id]
-                self._outcomes.append(_handed_back(claim))
+                self._outcomes.append(handed_back(claim))
+
+    def _ended(self, entry: RunningJob, outcome: Outcome) -> bool:
+        """A worker's attempt ended: queue its outcome (unless abandoned) and wake the loop."""
+        with self._lock:
+            self._running.pop(outcome.job_id, None)
+            reported = not entry.abandoned
+            if reported:
+                self._outcomes.append(outcome)
+            self._idle.notify_all()
+        self.wake()
+        return reported
 
     def _chores(self) -> None:
         now = self.clock.monotonic()
@@ -387,104 +393,6 @@ class SchedulerService(Service):
         self._outage.failed(exc, unexpected=not isinstance(exc, TickerQError))
         return min(1.0, self.options.poll_interval.total_seconds())
 
-    # -- on a worker -------------------------------------------------------------
-
-    def _execute(self, entry: _Running) -> None:
-        job, context, function = entry.claim.job, entry.context, entry.function
-        self.events.publish(
-            TickerQueued(
-                job_id=job.id, function=job.function, node=self.node_id, scheduled_for=context.scheduled_for
-            )
-        )
-        self.events.publish(
-            TickerStarted(
-                job_id=job.id,
-                function=job.function,
-                node=self.node_id,
-                fence=entry.claim.fence,
-                retry_count=job.retry_count,
-                is_rerun=job.is_rerun,
-            )
-        )
-        started = self.clock.monotonic()
-        kind, message, error = OutcomeKind.DONE, None, None
-        try:
-            request = _decode(job, function)
-            context = attrs.evolve(context, request=request) if request is not None else context
-            function.fn(context)
-        except BaseException as exc:
-            error = exc
-            message = f"{type(exc).__name__}: {exc}"[:_MESSAGE_LIMIT]
-            kind = OutcomeKind.CANCELLED if entry.cancel_requested else OutcomeKind.FAILED
-        elapsed = max(0.0, self.clock.monotonic() - started)
-        with self._lock:
-            self._running.pop(job.id, None)
-            if not entry.abandoned:
-                self._outcomes.append(
-                    Outcome(
-                        job_id=job.id,
-                        fence=entry.claim.fence,
-                        kind=kind,
-                        elapsed_ms=int(elapsed * 1000),
-                        exception_message=message,
-                    )
-                )
-            self._idle.notify_all()
-        self.wake()
-        if not entry.abandoned:
-            self._announce(entry, kind, error, message, elapsed)
-        if error is not None and not isinstance(error, Exception):
-            raise error
-
-    def _announce(
-        self,
-        entry: _Running,
-        kind: OutcomeKind,
-        error: BaseException | None,
-        message: str | None,
-        elapsed: float,
-    ) -> None:
-        job = entry.claim.job
-        took = timedelta(seconds=elapsed)
-        if kind is not OutcomeKind.FAILED:
-            status = "Done" if kind is OutcomeKind.DONE else "Cancelled"
-            self.events.publish(
-                TickerFinished(
-                    job_id=job.id, function=job.function, node=self.node_id, status=status, elapsed=took
-                )
-            )
-            return
-        count = job.retry_count + 1
-        will_retry = count <= job.retries
-        self.events.publish(
-            TickerFailed(
-                job_id=job.id,
-                function=job.function,
-                node=self.node_id,
-                error=message or "",
-                retry_count=count,
-                will_retry=will_retry,
-                elapsed=took,
-            )
-        )
-        handler = self.options.exception_handler
-        if handler is None or error is None:
-            return
-        record = TickerRecord.from_job(
-            attrs.evolve(
-                job,
-                status=TickerStatus.IDLE if will_retry else TickerStatus.FAILED,
-                retry_count=count,
-                node=self.node_id,
-                elapsed_ms=int(elapsed * 1000),
-                exception_message=message,
-            )
-        )
-        try:
-            handler(record, error)
-        except Exception:
-            log.exception("the scheduler's exception handler failed for job %s", job.id)
-
     # -- shutdown --------------------------------------------------------------------
 
     def finalize(self) -> None:
@@ -501,7 +409,7 @@ class SchedulerService(Service):
             outcomes, self._outcomes = self._outcomes, []
         for entry in leftover:
             entry.context.cancelled.set()
-            outcomes.append(_handed_back(entry.claim))
+            outcomes.append(handed_back(entry.claim))
         if leftover:
             log.warning(
                 "%d job(s) still running after the %.1f s shutdown timeout: cancelled and handed back: %s",
@@ -516,24 +424,3 @@ class SchedulerService(Service):
                 log.exception(
                     "could not report %d outcome(s) at shutdown; the node's release will", len(outcomes)
                 )
-
-
-def _handed_back(claim: Claim) -> Outcome:
-    return Outcome(job_id=claim.job.id, fence=claim.fence, kind=OutcomeKind.HANDED_BACK)
-
-
-def _scheduled_for(job: JobRecord) -> datetime:
-    """A cron occurrence's own time (its id ends in ``@ms``), else the job's due time."""
-    ms = job.due_ms
-    if job.cron_id is not None and job.retry_count == 0:
-        suffix = job.id.rpartition("@")[2].partition(".")[0]
-        if suffix.isdigit():
-            ms = int(suffix)
-    return datetime.fromtimestamp(ms / 1000, UTC)
-
-
-def _decode(job: JobRecord, function: TickerFunction) -> Any:
-    if job.request is None:
-        return None
-    value = loads(job.request)
-    return structure(value, function.request_type) if function.request_type is not None else value

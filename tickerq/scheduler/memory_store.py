@@ -158,13 +158,13 @@ class MemoryJobStore:
         self._expires[job.id] = expires
         heapq.heappush(self._finished, (expires, job.id))
 
-    def _return(self, job: JobRecord, now: int, **changes: Any) -> JobRecord:
+    def _return(self, job: JobRecord, now: int, *, never_ran: bool = False, **changes: Any) -> JobRecord:
         """An attempt did not finish: IDLE and due now, or CANCELLED when asked to."""
         self._unhold(job)
         if job.cancel_requested:
             self._close(job, TickerStatus.CANCELLED, now, self._retention_ms, **changes)
             return self._jobs[job.id]
-        rerun = job.is_rerun or job.status is TickerStatus.IN_PROGRESS
+        rerun = job.is_rerun or (job.status is TickerStatus.IN_PROGRESS and not never_ran)
         return self._enqueue(
             attrs.evolve(job, status=TickerStatus.IDLE, due_ms=now, is_rerun=rerun, **changes)
         )
@@ -222,7 +222,14 @@ class MemoryJobStore:
     # -- claiming and running -------------------------------------------------
 
     def claim_due(
-        self, node: str, functions: Sequence[FunctionLimits], limit: int, *, start: bool = False
+        self,
+        node: str,
+        functions: Sequence[FunctionLimits],
+        limit: int,
+        *,
+        start: bool = False,
+        outcomes: Sequence[Outcome] = (),
+        retention: timedelta | None = None,
     ) -> ClaimBatch:
         """See :meth:`JobStore.claim_due`."""
         claims: list[Claim] = []
@@ -230,6 +237,9 @@ class MemoryJobStore:
         next_due: int | None = None
         with self._lock:
             now = self.now_ms()
+            # Outcomes first, under the same lock (as Redis does in one script): the slots they
+            # free are claimable in this very call.
+            finished, earliest = self._record(outcomes, retention, now)
             left = limit
             for limits in functions:
                 running = self._running.get(limits.name, set())
@@ -265,8 +275,14 @@ class MemoryJobStore:
                 if entries and limits.free_slots > taken and cluster_room:
                     next_due = entries[0][0] if next_due is None else min(next_due, entries[0][0])
             held = len(self._claims.get(node, ()))
+        self._wake(earliest)
         return ClaimBatch(
-            claims=tuple(claims), skipped=tuple(skipped), next_due_ms=next_due, now_ms=now, held=held
+            claims=tuple(claims),
+            skipped=tuple(skipped),
+            next_due_ms=next_due,
+            now_ms=now,
+            held=held,
+            finished=tuple(finished),
         )
 
     def start(self, claims: Sequence[tuple[str, int]], started_ms: int | None = None) -> list[bool]:
@@ -293,51 +309,56 @@ class MemoryJobStore:
 
     def finish(self, outcomes: Sequence[Outcome], retention: timedelta | None = None) -> list[bool]:
         """See :meth:`JobStore.finish`."""
+        with self._lock:
+            result, earliest = self._record(outcomes, retention, self.now_ms())
+        self._wake(earliest)
+        return result
+
+    def _record(
+        self, outcomes: Sequence[Outcome], retention: timedelta | None, now: int
+    ) -> tuple[list[bool], int | None]:
+        """Record outcomes (under the lock); returns finish's result and the earliest due again."""
         retention_ms = self._retention_ms if retention is None else to_milliseconds(retention)
         result: list[bool] = []
         earliest: int | None = None
-        with self._lock:
-            now = self.now_ms()
-            for outcome in outcomes:
-                job = self._live(outcome.job_id, now)
-                if job is None or job.fence != outcome.fence or job.status not in _CLAIMED:
-                    result.append(False)
-                    continue
-                result.append(True)
-                changes: dict[str, Any] = {}
-                for field in ("executed_at_ms", "elapsed_ms", "exception_message"):
-                    value = getattr(outcome, field)
-                    if value is not None:
-                        changes[field] = value
-                kind = outcome.kind
-                if kind is OutcomeKind.DONE:
-                    self._unhold(job)
-                    self._close(job, TickerStatus.DONE, now, retention_ms, **changes)
-                elif kind is OutcomeKind.SKIPPED:
-                    self._unhold(job)
-                    self._close(job, TickerStatus.SKIPPED, now, retention_ms, **changes)
-                elif kind is OutcomeKind.CANCELLED or (kind is OutcomeKind.FAILED and job.cancel_requested):
-                    self._unhold(job)
-                    self._close(job, TickerStatus.CANCELLED, now, retention_ms, **changes)
-                elif kind is OutcomeKind.FAILED:
-                    self._unhold(job)
-                    count = job.retry_count + 1
-                    if count <= job.retries:
-                        due = now + retry_delay_ms(job.retry_intervals, count)
-                        self._enqueue(
-                            attrs.evolve(
-                                job, status=TickerStatus.IDLE, due_ms=due, retry_count=count, **changes
-                            )
-                        )
-                        earliest = due if earliest is None else min(earliest, due)
-                    else:
-                        self._close(job, TickerStatus.FAILED, now, retention_ms, retry_count=count, **changes)
+        for outcome in outcomes:
+            job = self._live(outcome.job_id, now)
+            if job is None or job.fence != outcome.fence or job.status not in _CLAIMED:
+                result.append(False)
+                continue
+            result.append(True)
+            changes: dict[str, Any] = {}
+            for field in ("executed_at_ms", "elapsed_ms", "exception_message"):
+                value = getattr(outcome, field)
+                if value is not None:
+                    changes[field] = value
+            kind = outcome.kind
+            if kind is OutcomeKind.DONE:
+                self._unhold(job)
+                self._close(job, TickerStatus.DONE, now, retention_ms, **changes)
+            elif kind is OutcomeKind.SKIPPED:
+                self._unhold(job)
+                changes["executed_at_ms"] = None  # never ran (a claim that started it set it)
+                self._close(job, TickerStatus.SKIPPED, now, retention_ms, **changes)
+            elif kind is OutcomeKind.CANCELLED or (kind is OutcomeKind.FAILED and job.cancel_requested):
+                self._unhold(job)
+                self._close(job, TickerStatus.CANCELLED, now, retention_ms, **changes)
+            elif kind is OutcomeKind.FAILED:
+                self._unhold(job)
+                count = job.retry_count + 1
+                if count <= job.retries:
+                    due = now + retry_delay_ms(job.retry_intervals, count)
+                    self._enqueue(
+                        attrs.evolve(job, status=TickerStatus.IDLE, due_ms=due, retry_count=count, **changes)
+                    )
+                    earliest = due if earliest is None else min(earliest, due)
                 else:
-                    back = self._return(job, now, **changes)
-                    if back.status is TickerStatus.IDLE:
-                        earliest = now
-        self._wake(earliest)
-        return result
+                    self._close(job, TickerStatus.FAILED, now, retention_ms, retry_count=count, **changes)
+            else:
+                back = self._return(job, now, **changes)
+                if back.status is TickerStatus.IDLE:
+                    earliest = now
+        return result, earliest
 
     def cancel_requests(self, job_ids: Sequence[str]) -> set[str]:
         """See :meth:`JobStore.cancel_requests`."""
@@ -345,10 +366,10 @@ class MemoryJobStore:
             now = self.now_ms()
             return {job_id for job_id in job_ids if (job := self._live(job_id, now)) and job.cancel_requested}
 
-    def release_node(self, node: str, keep: Collection[tuple[str, int]] = ()) -> list[str]:
+    def release_node(self, node: str, keep: Collection[tuple[str, int]] | None = None) -> list[str]:
         """See :meth:`JobStore.release_node` (in one step: nothing else shares this store)."""
         released: list[str] = []
-        kept = dict(keep)
+        kept = dict(keep or ())
         with self._lock:
             now = self.now_ms()
             for job_id in sorted(self._claims.get(node, set())):
@@ -356,7 +377,7 @@ class MemoryJobStore:
                 if job is None or job.node != node or job.status not in _CLAIMED:
                     self._claims.get(node, set()).discard(job_id)
                 elif kept.get(job_id) != job.fence:
-                    self._return(job, now)
+                    self._return(job, now, never_ran=keep is not None)
                     released.append(job_id)
             if not self._claims.get(node, True):
                 del self._claims[node]

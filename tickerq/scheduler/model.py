@@ -152,6 +152,7 @@ class ClaimBatch:
     #: How many claims the store holds for the node after the call (its new ones included);
     #: more than the node knows of means a claim's reply was lost, see ``release_node``.
     held: int = 0
+    finished: tuple[bool, ...] = ()  #: per outcome given to the claim: whether its fence held
 
 
 class OutcomeKind(enum.Enum):

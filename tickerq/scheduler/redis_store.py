@@ -298,15 +298,23 @@ class RedisJobStore:
     # -- claiming and running -------------------------------------------------
 
     def claim_due(
-        self, node: str, functions: Sequence[FunctionLimits], limit: int, *, start: bool = False
+        self,
+        node: str,
+        functions: Sequence[FunctionLimits],
+        limit: int,
+        *,
+        start: bool = False,
+        outcomes: Sequence[Outcome] = (),
+        retention: timedelta | None = None,
     ) -> ClaimBatch:
         """See :meth:`JobStore.claim_due`."""
-        args: list[str | int | bytes] = [node, limit, "1" if start else "0"]
+        args: list[str | int | bytes] = [node, limit, "1" if start else "0", len(outcomes)]
+        args += self._outcome_args(outcomes, retention, final=False)
         for limits in functions:
             check_user_key("function", limits.name)
             cap = -1 if limits.cluster_concurrency is None else limits.cluster_concurrency
             args += [limits.name, limits.free_slots, cap, "1" if limits.skip_if_running else "0"]
-        now, next_due, flat, skipped, held = self._run(
+        now, next_due, flat, skipped, held, finished = self._run(
             "claim_due", _CLAIM, args, [self._keys.sched_claims(node)]
         )
         claims: list[Claim] = []
@@ -330,6 +338,7 @@ class RedisJobStore:
             next_due_ms=None if int(next_due) < 0 else int(next_due),
             now_ms=int(now),
             held=int(held),
+            finished=tuple(bool(ok) for ok in finished),
         )
 
     def start(self, claims: Sequence[tuple[str, int]], started_ms: int | None = None) -> list[bool]:
@@ -348,6 +357,13 @@ class RedisJobStore:
     def _finish(self, outcomes: Sequence[Outcome], retention: timedelta | None, *, final: bool) -> list[bool]:
         if not outcomes:
             return []
+        args = self._outcome_args(outcomes, retention, final=final)
+        return [bool(ok) for ok in self._run("finish", _FINISH, args)]
+
+    def _outcome_args(
+        self, outcomes: Sequence[Outcome], retention: timedelta | None, *, final: bool
+    ) -> list[str | int | bytes]:
+        """The retention, then 7 values per outcome (see ``sched_finish_lib.lua``)."""
         args: list[str | int | bytes] = [
             self._base_args[-1] if retention is None else to_milliseconds(retention)
         ]
@@ -362,7 +378,7 @@ class RedisJobStore:
                 "0" if message is None else "1",
                 "" if message is None else message,
             ]
-        return [bool(ok) for ok in self._run("finish", _FINISH, args)]
+        return args
 
     def cancel_requests(self, job_ids: Sequence[str]) -> set[str]:
         """See :meth:`JobStore.cancel_requests`."""
@@ -371,7 +387,7 @@ class RedisJobStore:
         records = self._read("cancel_requests", _READ, list(job_ids))
         return {record.id for record in records if record is not None and record.cancel_requested}
 
-    def release_node(self, node: str, keep: Collection[tuple[str, int]] = ()) -> list[str]:
+    def release_node(self, node: str, keep: Collection[tuple[str, int]] | None = None) -> list[str]:
         """See :meth:`JobStore.release_node`.
 
         Without ``keep``, claims are handed back ``RELEASE_BATCH`` per script call
@@ -380,14 +396,14 @@ class RedisJobStore:
         through in between.
         """
         claims_key = [self._keys.sched_claims(node)]
-        args: list[str | int | bytes] = [node, RELEASE_BATCH]
-        for job_id, fence in keep:
+        args: list[str | int | bytes] = [node, RELEASE_BATCH, "0" if keep is None else "1"]
+        for job_id, fence in keep or ():
             args += [job_id, fence]
         released: list[str] = []
         while True:
             ids, left = self._run("release_node", _RELEASE, args, claims_key)
             released += (_text(job_id) for job_id in ids)
-            if keep or not int(left):
+            if keep is not None or not int(left):
                 return sorted(released)
 
     def next_due_ms(self, functions: Sequence[str]) -> int | None:

@@ -94,9 +94,22 @@ class JobStore(Protocol):
     # -- claiming and running -----------------------------------------------
 
     def claim_due(
-        self, node: str, functions: Sequence[FunctionLimits], limit: int, *, start: bool = False
+        self,
+        node: str,
+        functions: Sequence[FunctionLimits],
+        limit: int,
+        *,
+        start: bool = False,
+        outcomes: Sequence[Outcome] = (),
+        retention: timedelta | None = None,
     ) -> ClaimBatch:
         """Claim up to ``limit`` due IDLE jobs of the given functions for ``node``.
+
+        ``outcomes`` are recorded first, as ``finish(outcomes, retention)``
+        records them (``ClaimBatch.finished`` holds its result), in the same
+        round trip: a node's loop reports what ended and takes new work in one
+        call, and the slots the outcomes free are claimable at once.
+        ``ClaimBatch.held`` counts the node's claims after both.
 
         With ``start``, the claimed jobs are IN_PROGRESS at once (``executed_at_ms``
         = the claim's time), for a node that runs them right away: it saves the
@@ -147,18 +160,20 @@ class JobStore(Protocol):
         """Which of these running jobs were asked to cancel."""
         ...
 
-    def release_node(self, node: str, keep: Collection[tuple[str, int]] = ()) -> list[str]:
+    def release_node(self, node: str, keep: Collection[tuple[str, int]] | None = None) -> list[str]:
         """Hand back every claim ``node`` holds (it is dead, or restarted), except ``keep``.
 
-        ``keep`` lists ``(job_id, fence)`` claims a live node knows it holds
-        (running, or finished but not reported yet); only a claim with that
-        very fence is kept. A store may hand back a large number of claims in
+        ``keep`` (given, even empty) lists ``(job_id, fence)`` claims a live node
+        knows it holds (running, or finished but not reported yet); only a claim
+        with that very fence is kept. The node never ran the claims it hands back
+        so (it does not know them: a lost claim reply), so they are not marked
+        ``is_rerun``, even when claimed started. A store may hand back a large number of claims in
         several bounded steps, so that no single step blocks a shared server
         for long; each step is atomic and the verb is idempotent.
 
         Returns:
-            The ids handed back (IDLE, due now; ``is_rerun`` set on those that
-            had started; CANCELLED instead when a cancel was requested).
+            The ids handed back (IDLE, due now; without ``keep``, ``is_rerun`` set
+            on those that had started; CANCELLED instead when a cancel was requested).
         """
         ...
 

@@ -1,12 +1,16 @@
--- Claim due IDLE jobs for a node, earliest first, within its limits.
+-- Record the outcomes of ended attempts (as sched_finish does), then claim due IDLE jobs
+-- for a node, earliest first, within its limits: a node's loop needs one round trip.
 -- KEYS[4] the node's claims set.
 -- ARGV[A] node, ARGV[A+1] limit, ARGV[A+2] '1' to start the claimed jobs at once (IN_PROGRESS,
--- executed at now) or '0' (QUEUED), then per function 4 values: name, free slots,
--- cluster concurrency (-1 = none), skip_if_running ('1' or '0').
+-- executed at now) or '0' (QUEUED), ARGV[A+3] number of outcomes, ARGV[A+4] their retention
+-- ms, then per outcome 7 values (see sched_finish_lib), then per function 4 values: name,
+-- free slots, cluster concurrency (-1 = none), skip_if_running ('1' or '0').
 -- Returns {now, next due ms (-1 = none), {id, fence, record JSON, ...}, {skipped ids},
--- claims the node holds now}.
+-- claims the node holds after this call (its new ones included), {1 or 0 per outcome}}.
 -- include: sched_lib
+-- include: sched_finish_lib
 local node, left, start = ARGV[A], tonumber(ARGV[A + 1]), ARGV[A + 2] == '1'
+local outcomes = tonumber(ARGV[A + 3])
 local now = now_ms()
 -- Read the counter first: one holding garbage fails the script before it writes anything.
 local first_fence = tonumber(redis.call('GET', FENCE) or '0')
@@ -14,6 +18,9 @@ if not first_fence then
   return redis.error_reply('TICKERQ_WRONGTYPE ' .. FENCE .. ' does not hold the fence counter (an integer)')
 end
 local fence = first_fence
+-- Outcomes first: the slots (and cluster_concurrency room) they free are claimable now.
+local finished, earliest = finish_outcomes(A + 5, outcomes, now, tonumber(ARGV[A + 4]))
+wake(earliest)
 local claimed, skipped, next_due = {}, {}, nil
 -- Bounds the entries one call looks at (skipped, stale or undecodable ones included),
 -- so a backlog of those never makes one script run long.
@@ -23,7 +30,7 @@ local function occurrence_running(run_key, cron_id)
   return #redis.call('ZRANGEBYLEX', run_key, '[' .. cron_id .. '@', '(' .. cron_id .. 'A', 'LIMIT', 0, 1) > 0
 end
 
-for i = A + 3, #ARGV, 4 do
+for i = A + 5 + 7 * outcomes, #ARGV, 4 do
   local name, free, cap, skip = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3] == '1'
   local due_key, run_key = P_DUE .. name, P_RUN .. name
   local room = math.min(free, left)
@@ -72,4 +79,4 @@ for i = A + 3, #ARGV, 4 do
   end
 end
 if fence > first_fence then redis.call('INCRBY', FENCE, fence - first_fence) end
-return {now, next_due or -1, claimed, skipped, redis.call('SCARD', KEYS[4])}
+return {now, next_due or -1, claimed, skipped, redis.call('SCARD', KEYS[4]), finished}

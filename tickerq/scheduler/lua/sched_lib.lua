@@ -134,14 +134,15 @@ local function close(id, rec, status, now, retention)
 end
 
 -- An attempt that did not finish: CANCELLED when asked to, else IDLE and due now
--- (a re-run when it had started). Returns true when it is due again.
-local function hand_back(id, rec, now)
+-- (a re-run when it had started, unless never_ran: its node never got it). Returns true
+-- when it is due again.
+local function hand_back(id, rec, now, never_ran)
   unhold(id, rec)
   if rec.z then
     close(id, rec, 'C', now, RETENTION)
     return false
   end
-  if rec.s == 'P' then rec.x = 1 end
+  if rec.s == 'P' and not never_ran then rec.x = 1 end
   rec.d = now
   enqueue(id, rec)
   return true
