@@ -23,11 +23,11 @@ import attrs
 import orjson
 import redis
 
+from tickerq._redis.entry import duration_ticks, unix_ns_to_ticks
+from tickerq._redis.keys import Keys
+from tickerq._redis.scripts import LuaScript
 from tickerq.durations import to_milliseconds
-from tickerq.redis.entry import duration_ticks, unix_ns_to_ticks
-from tickerq.redis.keys import Keys
-from tickerq.redis.registry import REGISTRY_TTL, NodeRegistry, process_token
-from tickerq.redis.scripts import LuaScript
+from tickerq.nodes.registry import REGISTRY_TTL, NodeRegistry, process_token
 from tickerq.testing import RedisServer, find_redis_server
 
 __all__ = [
@@ -102,7 +102,7 @@ def describe_machine(admin: redis.Redis) -> str:
 def load_scripts(admin: redis.Redis) -> None:
     """Load the registry's scripts, so no measured call pays for a NOSCRIPT retry."""
     for name in ("heartbeat", "nodes", "remove_nodes"):  # (with their included libraries)
-        script = LuaScript(name)
+        script = LuaScript(name, package="tickerq.nodes")
         loaded = admin.script_load(script.source)
         if loaded != script.sha:
             fail(f"{name}.lua: the server computed SHA {loaded}, tickerq calls {script.sha}")
@@ -218,7 +218,7 @@ class Cluster:
         """Write heartbeats of the live nodes, tickerq's node set and the registry; check them.
 
         Values are written in the RedisCache layout the heartbeat script writes (see
-        ``tickerq.redis.entry``).
+        ``tickerq._redis.entry``).
         """
         keys = self.keys
         registry_ms = to_milliseconds(REGISTRY_TTL)

@@ -20,7 +20,7 @@ import orjson
 import redis
 
 from tickerq import TickerManager, add_tickerq
-from tickerq.redis.keys import Keys
+from tickerq._redis.keys import Keys
 from tickerq.testing import RedisServer
 
 __all__ = ["KEYS", "NodeProcess", "NodeReport", "finished_count", "nodes", "producer", "redis_now_ms"]

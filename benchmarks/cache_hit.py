@@ -28,8 +28,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.utils import HIREDIS_AVAILABLE
 
-from tickerq.redis.cache import DistributedCache
-from tickerq.redis.keys import Keys
+from tickerq._redis.keys import Keys
+from tickerq.cache.cache import DistributedCache
 from tickerq.testing import RedisServer
 
 INSTANCE = "tickerq:"

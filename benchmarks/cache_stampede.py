@@ -27,8 +27,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tickerq.redis.cache import DistributedCache
-from tickerq.redis.keys import Keys
+from tickerq._redis.keys import Keys
+from tickerq.cache.cache import DistributedCache
 from tickerq.testing import RedisServer
 
 PROCESSES, THREADS = 3, 16

@@ -41,11 +41,11 @@ from _common import (
     script_stats,
 )
 
+from tickerq._redis.keys import Keys
 from tickerq._runtime.dispatcher import Dispatcher
 from tickerq.events import EventHub
-from tickerq.redis.heartbeat import HeartbeatService
-from tickerq.redis.keys import Keys
-from tickerq.redis.registry import NodeRegistry
+from tickerq.nodes.heartbeat import HeartbeatService
+from tickerq.nodes.registry import NodeRegistry
 from tickerq.testing import RedisServer
 
 #: Long, so that the scan lease (0.8 x interval) outlasts every simulated interval

@@ -29,8 +29,8 @@ from datetime import timedelta
 import redis
 from _common import describe_machine
 
-from tickerq.redis.election import LeaderElection
-from tickerq.redis.keys import Keys
+from tickerq._redis.keys import Keys
+from tickerq.election.election import LeaderElection
 from tickerq.testing import RedisServer
 
 KEYS = Keys("tickerq:")

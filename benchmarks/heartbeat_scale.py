@@ -52,12 +52,12 @@ from _common import (
     time_calls,
 )
 
+from tickerq._redis.entry import FIELDS, NOT_SET
+from tickerq._redis.keys import Keys
 from tickerq._runtime.dispatcher import Dispatcher
 from tickerq.events import EventHub
-from tickerq.redis.entry import FIELDS, NOT_SET
-from tickerq.redis.heartbeat import HeartbeatService
-from tickerq.redis.keys import Keys
-from tickerq.redis.registry import NodeRegistry
+from tickerq.nodes.heartbeat import HeartbeatService
+from tickerq.nodes.registry import NodeRegistry
 from tickerq.testing import RedisServer
 
 INTERVAL = timedelta(seconds=60)

@@ -25,8 +25,8 @@ from typing import Any
 import redis
 from _common import describe_machine
 
-from tickerq.redis.keys import Keys
-from tickerq.redis.lock import LockManager
+from tickerq._redis.keys import Keys
+from tickerq.locks.lock import LockManager
 from tickerq.testing import RedisServer
 
 

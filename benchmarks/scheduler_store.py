@@ -28,7 +28,7 @@ import uuid
 
 from _common import counting_client, describe_machine, percentile
 
-from tickerq.redis.keys import Keys
+from tickerq._redis.keys import Keys
 from tickerq.scheduler.model import FunctionLimits, NewJob, Outcome, OutcomeKind
 from tickerq.scheduler.redis_store import RedisJobStore
 from tickerq.testing import RedisServer

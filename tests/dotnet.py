@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from tickerq.redis.entry import TICKS_AT_UNIX_EPOCH
+from tickerq._redis.entry import TICKS_AT_UNIX_EPOCH
 
 NOT_PRESENT = -1
 _TICKS_PER_SECOND = 10_000_000

@@ -21,8 +21,8 @@ from datetime import timedelta
 
 import redis
 
-from tickerq.redis.election import LeaderElection
-from tickerq.redis.keys import Keys
+from tickerq._redis.keys import Keys
+from tickerq.election.election import LeaderElection
 
 SAMPLE_EVERY = 0.004
 

@@ -14,8 +14,8 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from tickerq.redis.keys import Keys
-from tickerq.redis.lock import LockManager
+from tickerq._redis.keys import Keys
+from tickerq.locks.lock import LockManager
 
 INSTANCE = "tickerq:"
 

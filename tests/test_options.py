@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from tickerq import LeaderElection, RedisContext, add_tickerq
+from tickerq.election.election_timings import DEFAULT_LEASE, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD
 from tickerq.errors import ConfigurationError, TickerQError
 from tickerq.options import RedisOptions, SchedulerOptions, TickerQOptions
-from tickerq.redis.election_timings import DEFAULT_LEASE, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD
 
 
 def test_redis_defaults_match_the_spec() -> None:

@@ -2,6 +2,8 @@
 
 from tickerq._version import __version__
 from tickerq.container import TickerQContainer, add_tickerq
+from tickerq.context import RedisContext
+from tickerq.election.election import LeaderElection
 from tickerq.errors import (
     AuthenticationFailedError,
     ConfigurationError,
@@ -32,12 +34,10 @@ from tickerq.events import (
     TickerQueued,
     TickerStarted,
 )
+from tickerq.locks.lock import Lease, Lock, LockManager
+from tickerq.nodes.heartbeat import HeartbeatService
+from tickerq.nodes.registry import NodeHealthStatus
 from tickerq.options import RedisOptions, SchedulerOptions, TickerQOptions
-from tickerq.redis.context import RedisContext
-from tickerq.redis.election import LeaderElection
-from tickerq.redis.heartbeat import HeartbeatService
-from tickerq.redis.lock import Lease, Lock, LockManager
-from tickerq.redis.registry import NodeHealthStatus
 from tickerq.scheduler.function import (
     FunctionRegistry,
     TickerFunction,

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from tickerq._redis.connection import open_connections
 from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
 from tickerq._runtime.dispatcher import DeferredPublisher, Dispatcher
 from tickerq._runtime.node import DISPATCH_WORKERS, NodeRuntime
 from tickerq._runtime.strand import Strand
+from tickerq.context import RedisContext
 from tickerq.errors import ConfigurationError
 from tickerq.events import EventHub
+from tickerq.nodes.heartbeat import HeartbeatService
 from tickerq.options import TickerQOptions
-from tickerq.redis.connection import open_connections
-from tickerq.redis.context import RedisContext
-from tickerq.redis.heartbeat import HeartbeatService
 from tickerq.scheduler.function import FunctionRegistry
 from tickerq.scheduler.memory_store import MemoryJobStore
 from tickerq.scheduler.redis_store import RedisJobStore

@@ -19,15 +19,15 @@ from typing import Any, TypeVar, cast
 import attrs
 import redis
 
+from tickerq._redis.connection_string import ConnectionSettings, mask_configuration, parse_configuration
 from tickerq.durations import to_timedelta
-from tickerq.errors import ConfigurationError
-from tickerq.redis.config import ConnectionSettings, mask_configuration, parse_configuration
-from tickerq.redis.election_timings import (
+from tickerq.election.election_timings import (
     DEFAULT_LEASE,
     DEFAULT_RENEW_DEADLINE,
     DEFAULT_RETRY_PERIOD,
     check_timings,
 )
+from tickerq.errors import ConfigurationError
 from tickerq.scheduler.cron import resolve_time_zone
 
 __all__ = ["RedisOptions", "SchedulerOptions", "TickerQOptions"]

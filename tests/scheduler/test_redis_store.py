@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from tests.conftest import wait_until
+from tickerq._redis.keys import Keys
 from tickerq.errors import KeyTypeError, RedisUnavailableError, TickerQError
-from tickerq.redis.keys import Keys
 from tickerq.scheduler.model import FunctionLimits, NewCron, NewJob, Outcome, OutcomeKind, TickerStatus
 from tickerq.scheduler.redis_store import RedisJobStore, parse_wake
 from tickerq.testing import RedisServer

@@ -16,9 +16,9 @@ from datetime import timedelta
 import attrs
 import pytest
 
+from tickerq._redis.keys import Keys
 from tickerq._runtime.clock import ManualClock
 from tickerq.errors import InvalidKeyError
-from tickerq.redis.keys import Keys
 from tickerq.scheduler.memory_store import MemoryJobStore
 from tickerq.scheduler.model import (
     Claim,

@@ -162,7 +162,9 @@ class Dispatcher:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
         stuck = [thread.name for thread in self._threads if thread.is_alive()]
-        self._cancel_queued()
+        self._cancel_queued()  # (their stop marks too:)
+        for _ in stuck:
+            self._queue.put(None)  # a worker still running ends after its callable, not never
         if stuck:
             log.warning("%s still running user code at shutdown: %s", self.name, ", ".join(stuck))
             return False

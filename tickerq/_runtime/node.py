@@ -43,10 +43,10 @@ from tickerq._runtime.dispatcher import Dispatcher
 from tickerq.errors import ShutdownError
 
 if TYPE_CHECKING:  # the runtime owns these; it imports nothing of the rooms above it at run time
-    from tickerq.redis.connection import RedisConnections
-    from tickerq.redis.context import RedisContext
-    from tickerq.redis.election import LeaderElection
-    from tickerq.redis.heartbeat import HeartbeatService
+    from tickerq._redis.connection import RedisConnections
+    from tickerq.context import RedisContext
+    from tickerq.election.election import LeaderElection
+    from tickerq.nodes.heartbeat import HeartbeatService
     from tickerq.scheduler.executor import SchedulerService
     from tickerq.scheduler.runner import SchedulerRunner
     from tickerq.scheduler.store import JobStore

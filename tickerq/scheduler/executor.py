@@ -30,11 +30,11 @@ from typing import Any
 
 from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
 from tickerq._runtime.dispatcher import Dispatcher, DispatcherStoppedError
+from tickerq._runtime.outage import OutageTracker
 from tickerq._runtime.service import Service
 from tickerq.errors import TickerQError
 from tickerq.events import EventHub, Publisher
 from tickerq.options import SchedulerOptions
-from tickerq.redis.outage import OutageTracker
 from tickerq.scheduler.cron import CronSchedule, resolve_time_zone
 from tickerq.scheduler.function import TickerFunction
 from tickerq.scheduler.manager import cron_id_for

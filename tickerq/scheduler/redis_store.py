@@ -1,6 +1,6 @@
 """The Redis job store: many nodes, every verb one round trip, atomic in Lua.
 
-Layout (key names come from :class:`~tickerq.redis.keys.Keys`, all under
+Layout (key names come from :class:`~tickerq._redis.keys.Keys`, all under
 ``{instance}tq:``):
 
 - A job is one compact JSON record. A pending (IDLE) record that fits a
@@ -37,11 +37,11 @@ import orjson
 import redis
 import redis.client
 
+from tickerq._redis.keys import Keys, check_user_key
+from tickerq._redis.scripts import LuaScript
+from tickerq._redis.translate import translate_errors
 from tickerq.durations import to_milliseconds
 from tickerq.errors import KeyTypeError, SerializationError
-from tickerq.redis.keys import Keys, check_user_key
-from tickerq.redis.scripts import LuaScript
-from tickerq.redis.translate import translate_errors
 from tickerq.scheduler.model import (
     Claim,
     ClaimBatch,

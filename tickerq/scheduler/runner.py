@@ -19,12 +19,12 @@ from typing import Any
 
 import redis
 
+from tickerq._redis.connection import RedisConnections
+from tickerq._redis.keys import Keys
 from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
 from tickerq.events import EventHub, Publisher
+from tickerq.nodes.heartbeat import DeadNodeHandler
 from tickerq.options import SchedulerOptions
-from tickerq.redis.connection import RedisConnections
-from tickerq.redis.heartbeat import DeadNodeHandler
-from tickerq.redis.keys import Keys
 from tickerq.scheduler.executor import SchedulerService
 from tickerq.scheduler.function import FunctionRegistry
 from tickerq.scheduler.memory_store import MemoryJobStore

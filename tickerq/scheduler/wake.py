@@ -17,9 +17,9 @@ from typing import Any
 import redis.client
 
 from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
+from tickerq._runtime.outage import OutageTracker
 from tickerq._runtime.service import Service
 from tickerq.events import Publisher
-from tickerq.redis.outage import OutageTracker
 from tickerq.scheduler.redis_store import RedisJobStore, parse_wake
 
 __all__ = ["WakeSubscriber"]

@@ -1,0 +1,1 @@
+"""The Redis plumbing (private): connection strings, pools, keys, scripts, error mapping."""

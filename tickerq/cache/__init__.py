@@ -1,0 +1,1 @@
+"""The distributed get-or-set cache."""

@@ -1,0 +1,1 @@
+"""Node liveness: heartbeats, the node registry and dead-node detection."""

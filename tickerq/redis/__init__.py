@@ -1,1 +1,0 @@
-"""Redis coordination primitives: connection, keys, scripts, context and threads."""
