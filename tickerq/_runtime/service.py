@@ -14,6 +14,8 @@ import logging
 import os
 import threading
 import time
+from types import TracebackType
+from typing import Self
 
 from tickerq._runtime.clock import SYSTEM_CLOCK, Clock
 
@@ -172,6 +174,15 @@ class Service:
         except Exception:
             log.exception("%s: failure handler failed; retrying in 1 s", self.name)
             return 1.0
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, running={self.running})"

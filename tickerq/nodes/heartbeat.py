@@ -30,7 +30,6 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import timedelta
-from types import TracebackType
 
 import redis
 
@@ -292,15 +291,6 @@ class HeartbeatService(Service):
                 log.exception("dead-node handler %r failed for node %s; it stays registered", handler, node)
                 ok = False
         return ok
-
-    def __enter__(self) -> HeartbeatService:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         node = self.registry.node_id
