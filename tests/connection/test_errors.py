@@ -83,6 +83,21 @@ def test_a_full_server_refuses_writes_with_a_command_error(fault_server: RedisSe
         (redis.exceptions.ReadOnlyError("You can't write"), RedisReadOnlyError, None),
         (redis.exceptions.TimeoutError("Timeout reading"), RedisUnavailableError, None),
         (redis.exceptions.ResponseError("ERR unknown command"), RedisCommandError, "ERR"),
+        (  # Redis 6 wraps an error raised inside a script
+            redis.exceptions.ResponseError(
+                "Error running script (call to f_92ec): @user_script:82: @user_script: 82: "
+                "-READONLY You can't write against a read only replica."
+            ),
+            RedisReadOnlyError,
+            None,
+        ),
+        (
+            redis.exceptions.ResponseError(
+                "Error running script (call to f_92ec): @user_script:9: -OOM command not allowed"
+            ),
+            RedisCommandError,
+            "OOM",
+        ),
     ],
 )
 def test_translation_table(error: redis.RedisError, expected: type[TickerQError], code: str | None) -> None:

@@ -23,6 +23,7 @@ the script body and retries once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -85,11 +86,19 @@ _CODES: tuple[tuple[type[redis.RedisError], str], ...] = (
 )
 
 
+#: Redis 6 wraps an error raised inside a script: ``ERR Error running script (...):
+#: @user_script:82: -READONLY You can't write ...``; the code is the one after the dash.
+_SCRIPT_ERROR = re.compile(r"Error running script .*?: -([A-Z]+) ")
+
+
 def error_code(exc: redis.RedisError) -> str:
     """The Redis error code of a reply error (``"ERR"`` when there is none)."""
     for cls, code in _CODES:
         if isinstance(exc, cls):
             return code
+    wrapped = _SCRIPT_ERROR.search(str(exc))
+    if wrapped is not None:
+        return wrapped.group(1)
     status: object = getattr(exc, "status_code", None)  # redis-py >= 8.2
     if isinstance(status, str) and status:
         return status
