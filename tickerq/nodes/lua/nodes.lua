@@ -42,29 +42,27 @@ else
   end
 end
 local registered, dead = {}, {}
+local function report(id)
+  if want_registered then
+    registered[#registered + 1] = id
+  end
+  if want_dead and redis.call('EXISTS', prefix .. id) == 0 then
+    dead[#dead + 1] = id
+  end
+end
 for _, id in ipairs(list) do
   if type(id) == 'string' then
     if unlisted then
       unlisted[id] = nil
     end
-    if want_registered then
-      registered[#registered + 1] = id
-    end
-    if want_dead and redis.call('EXISTS', prefix .. id) == 0 then
-      dead[#dead + 1] = id
-    end
+    report(id)
   else
     status = 'corrupt'
   end
 end
 for _, id in ipairs(members) do
   if not unlisted or unlisted[id] then
-    if want_registered then
-      registered[#registered + 1] = id
-    end
-    if want_dead and redis.call('EXISTS', prefix .. id) == 0 then
-      dead[#dead + 1] = id
-    end
+    report(id)
   end
 end
 return {status, registered, dead}
